@@ -1,0 +1,322 @@
+"""The one way a command writes: the record change, its sync-queue entry and its audit entry, together.
+
+Invariant 2 says no record change exists without its queue entry and its audit entry, and no entry
+without its change. Commands therefore never touch clinical tables directly: they open a
+`transaction()` and call `Journal.insert` / `Journal.update`, which write all three inside the same
+SQLite transaction and advance the device's counters (queue sequence, hybrid logical clock, audit
+hash chain) in the single `device_state` row, also in that transaction.
+"""
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, insert, select, update
+
+from store.clock import HLC, to_ms
+from store.engine import write_transaction
+from store.enums import OperationKind, QueueStatus, RowSyncStatus
+from store.models import AuditLog, DeviceState, SyncQueueEntry
+from store.station import Actor, Station
+from store.types import dumps
+
+QUEUE = SyncQueueEntry.__table__
+AUDIT = AuditLog.__table__
+DEVICE = DeviceState.__table__
+
+# Local bookkeeping that is not part of what the cloud receives.
+_LOCAL_ONLY = frozenset({"usage", "sync_status", "cloud_version", "local_version"})
+_OPEN_QUEUE_STATES = (
+    QueueStatus.PENDING,
+    QueueStatus.IN_FLIGHT,
+    QueueStatus.QUARANTINED,
+    QueueStatus.NEEDS_PERSON,
+)
+
+
+@dataclass
+class Change:
+    """What one journalled write did, for the caller and for tests."""
+
+    op_id: str
+    record: dict[str, Any]
+
+
+class Journal:
+    """Writes through one open transaction on behalf of one actor."""
+
+    def __init__(self, station: Station, actor: Actor | None, conn: Connection) -> None:
+        self.station = station
+        self.actor = actor
+        self.conn = conn
+        self.now: datetime = station.now()
+        state = conn.execute(select(DEVICE).where(DEVICE.c.id == 1)).mappings().one()
+        self._device_id: str = state["device_id"]
+        self._device_seq: int = state["last_device_seq"]
+        self._audit_seq: int = state["last_audit_seq"]
+        self._audit_hash: str = state["last_audit_hash"]
+        self._hlc = HLC(state["hlc_wall_ms"], state["hlc_counter"])
+        self._offset_ms: int | None = state["clock_offset_ms"]
+        self._dirty = False
+
+    @property
+    def user_id(self) -> str | None:
+        return self.actor.user_id if self.actor else None
+
+    def new_id(self) -> str:
+        return str(uuid.uuid4())
+
+    # --- journalled writes -------------------------------------------------------------------
+    def insert(
+        self,
+        table: Table,
+        values: Mapping[str, Any],
+        *,
+        priority: int,
+        action: str,
+        treatment_id: str | None,
+        after: Iterable[tuple[str, str]] = (),
+    ) -> Change:
+        """Insert a new clinical row; `after` names the (table, id) rows whose pending changes go first."""
+        hlc = self._tick()
+        record = {
+            **values,
+            "device_id": self._device_id,
+            "local_version": 1,
+            "sync_status": RowSyncStatus.PENDING.value,
+            "hlc": hlc,
+            "created_at": self.now,
+            "updated_at": self.now,
+        }
+        self.conn.execute(insert(table).values(record))
+        depends_on = self._open_ops(after)
+        payload = _payload(record)
+        op_id = self._enqueue(
+            table.name,
+            record["id"],
+            OperationKind.INSERT,
+            payload,
+            {k: [None, v] for k, v in payload.items()},
+            base_version=None,
+            hlc=hlc,
+            priority=priority,
+            depends_on=depends_on,
+            treatment_id=treatment_id,
+        )
+        self._audit(action, table.name, record["id"], op_id, old=None, new=payload)
+        return Change(op_id, record)
+
+    def update(
+        self,
+        table: Table,
+        before: Mapping[str, Any],
+        changes: Mapping[str, Any],
+        *,
+        priority: int,
+        action: str,
+        treatment_id: str | None,
+        after: Iterable[tuple[str, str]] = (),
+        after_ops: Iterable[str] = (),
+        reason: str | None = None,
+    ) -> Change:
+        """Change fields of an existing row read in this transaction (`before` is its full row)."""
+        changed = {k: v for k, v in changes.items() if before.get(k) != v}
+        if not changed:
+            raise ValueError(f"{action}: nothing changes")
+        hlc = self._tick()
+        meta = {
+            "local_version": before["local_version"] + 1,
+            "sync_status": RowSyncStatus.PENDING.value,
+            "hlc": hlc,
+            "updated_at": self.now,
+        }
+        self.conn.execute(update(table).where(table.c.id == before["id"]).values({**changed, **meta}))
+        record = {**before, **changed, **meta}
+        depends_on = self._open_ops([(table.name, before["id"]), *after])
+        depends_on += [op for op in after_ops if op not in depends_on]
+        field_changes = {k: [before.get(k), v] for k, v in changed.items()}
+        op_id = self._enqueue(
+            table.name,
+            before["id"],
+            OperationKind.UPDATE,
+            _payload(record),
+            field_changes,
+            base_version=before.get("cloud_version"),
+            hlc=hlc,
+            priority=priority,
+            depends_on=depends_on,
+            treatment_id=treatment_id,
+        )
+        self._audit(
+            action,
+            table.name,
+            before["id"],
+            op_id,
+            old={k: before.get(k) for k in changed},
+            new=dict(changed),
+            reason=reason,
+        )
+        return Change(op_id, record)
+
+    def audit_only(
+        self,
+        action: str,
+        *,
+        table: str | None = None,
+        record_id: str | None = None,
+        new: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """An audited event that changes no clinical record (a bundle installed, a login)."""
+        self._audit(action, table, record_id, None, old=None, new=new, reason=reason)
+
+    def open_ops_for_treatment(self, treatment_id: str) -> list[str]:
+        """Every unconfirmed operation of a treatment's rows: a finalise must reach the cloud after them."""
+        rows = self.conn.execute(
+            select(QUEUE.c.op_id)
+            .where(QUEUE.c.treatment_id == treatment_id, QUEUE.c.status.in_(_OPEN_QUEUE_STATES))
+            .order_by(QUEUE.c.device_seq)
+        )
+        return list(rows.scalars())
+
+    # --- internals ---------------------------------------------------------------------------
+    def _tick(self) -> str:
+        self._hlc = self._hlc.tick(to_ms(self.now))
+        self._dirty = True
+        return self._hlc.stamp(self._device_id)
+
+    def _open_ops(self, records: Iterable[tuple[str, str]]) -> list[str]:
+        """The newest unconfirmed operation of each named row."""
+        found: list[str] = []
+        for table_name, record_id in records:
+            op_id = self.conn.execute(
+                select(QUEUE.c.op_id)
+                .where(
+                    QUEUE.c.table_name == table_name,
+                    QUEUE.c.record_id == record_id,
+                    QUEUE.c.status.in_(_OPEN_QUEUE_STATES),
+                )
+                .order_by(QUEUE.c.device_seq.desc())
+                .limit(1)
+            ).scalar()
+            if op_id is not None and op_id not in found:
+                found.append(op_id)
+        return found
+
+    def _enqueue(
+        self,
+        table_name: str,
+        record_id: str,
+        kind: OperationKind,
+        payload: dict[str, Any],
+        changed: dict[str, Any],
+        *,
+        base_version: int | None,
+        hlc: str,
+        priority: int,
+        depends_on: list[str],
+        treatment_id: str | None,
+    ) -> str:
+        self._device_seq += 1
+        op_id = str(uuid.uuid4())
+        self.conn.execute(
+            insert(QUEUE).values(
+                op_id=op_id,
+                device_id=self._device_id,
+                device_seq=self._device_seq,
+                table_name=table_name,
+                record_id=record_id,
+                treatment_id=treatment_id,
+                kind=kind.value,
+                payload=payload,
+                changed_fields=changed,
+                base_version=base_version,
+                hlc=hlc,
+                clock_offset_ms=self._offset_ms,
+                priority=priority,
+                depends_on=depends_on,
+                status=QueueStatus.PENDING.value,
+                attempts=0,
+                created_at=self.now,
+            )
+        )
+        return op_id
+
+    def _audit(
+        self,
+        action: str,
+        table_name: str | None,
+        record_id: str | None,
+        op_id: str | None,
+        *,
+        old: dict[str, Any] | None,
+        new: dict[str, Any] | None,
+        reason: str | None = None,
+    ) -> None:
+        self._audit_seq += 1
+        entry = {
+            "event_id": str(uuid.uuid4()),
+            "device_id": self._device_id,
+            "device_seq": self._audit_seq,
+            "user_id": self.user_id,
+            "action": action,
+            "table_name": table_name,
+            "record_id": record_id,
+            "op_id": op_id,
+            "old_values": old,
+            "new_values": new,
+            "reason": reason,
+            "created_at": self.now,
+            "prev_hash": self._audit_hash,
+        }
+        entry["hash"] = audit_hash(entry)
+        self._audit_hash = entry["hash"]
+        self._dirty = True
+        self.conn.execute(insert(AUDIT).values(entry))
+
+    def flush(self) -> None:
+        if self._dirty:
+            self.conn.execute(
+                update(DEVICE)
+                .where(DEVICE.c.id == 1)
+                .values(
+                    last_device_seq=self._device_seq,
+                    last_audit_seq=self._audit_seq,
+                    last_audit_hash=self._audit_hash,
+                    hlc_wall_ms=self._hlc.wall_ms,
+                    hlc_counter=self._hlc.counter,
+                )
+            )
+
+
+def audit_hash(entry: Mapping[str, Any]) -> str:
+    """The chain link: SHA-256 over the previous hash and this entry's canonical JSON."""
+    body = {k: v for k, v in entry.items() if k not in ("hash", "id")}
+    return hashlib.sha256(dumps(body).encode()).hexdigest()
+
+
+def verify_audit_chain(rows: Iterable[Mapping[str, Any]], genesis: str = "0" * 64) -> int | None:
+    """The device_seq of the first entry whose link is broken, or None when the chain holds."""
+    previous = genesis
+    for row in rows:
+        if row["prev_hash"] != previous or audit_hash(row) != row["hash"]:
+            return row["device_seq"]
+        previous = row["hash"]
+    return None
+
+
+@contextmanager
+def transaction(station: Station, actor: Actor | None) -> Iterator[Journal]:
+    """One command's atomic unit: all of its journalled writes commit together or none do."""
+    with write_transaction(station.engine) as conn:
+        journal = Journal(station, actor, conn)
+        yield journal
+        journal.flush()
+
+
+def _payload(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in _LOCAL_ONLY}
