@@ -52,7 +52,10 @@ _HIBC = re.compile(r"\+(?:[A-Z][0-9A-Z]{3}|\$)[0-9A-Z\-. $/+%]*")
 _PLAIN_SERIAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-_/.]{2,63}")
 # A complete AI 01 at the start marks a GS1 string even when the separators went missing.
 _STARTS_WITH_GTIN_AI = re.compile(r"01[0-9]{14}")
+# ASCII digits only: str.isdigit() and \d also accept digits from other scripts.
 _DIGITS = re.compile(r"[0-9]+")
+# biip describes each AI's data as e.g. "N2+X..20": up to 20 characters after the AI.
+_MAX_LENGTH = re.compile(r"\.\.([0-9]+)$")
 # The product-only barcodes on packaging (UPC-A, EAN-13, ITF-14).
 _BARE_GTIN_LENGTHS = (12, 13, 14)
 
@@ -189,9 +192,6 @@ def _looks_gs1(text: str, separators: str) -> bool:
     )
 
 
-# biip describes each AI's data as e.g. "N2+X..20": up to 20 characters after the AI.
-_MAX_LENGTH = re.compile(r"\.\.([0-9]+)$")
-
 _Stop = Literal["garbled", "ran_together"]
 
 
@@ -200,8 +200,8 @@ def _walk_gs1(text: str, separators: str) -> tuple[dict[str, GS1ElementString], 
 
     This is biip's own GS1Message.parse loop, done here because that loop drops everything on the
     first error and hides where each field ended, and both matter: a variable-length field that is
-    neither last nor followed by a separator only stopped at its maximum length, i.e. the scanner
-    dropped the separator and it swallowed the next field (typically the lot eating the serial).
+    neither last nor followed by a separator but filled to its maximum length means the scanner
+    dropped the separator and the field swallowed the next one (typically the lot eating the serial).
     """
     config = ParseConfig(separator_chars=tuple(separators))
     elements: dict[str, GS1ElementString] = {}

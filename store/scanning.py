@@ -161,8 +161,8 @@ def _check(
     today: date,
 ) -> _Check:
     """Every rule of the scan table, in the order that stops the most dangerous case first."""
-    elsewhere = _other_uses(conn, treatment["id"], serial)
-    if any(use["treatment_id"] == treatment["id"] for use in elsewhere):
+    elsewhere = _other_uses(conn, serial)
+    if any(use["treatment_id"] == treatment["id"] and not use["deleted"] for use in elsewhere):
         raise _Stop(ScanOutcome.ALREADY_SCANNED, f"Applicator {serial} is already in this treatment.")
     for use in elsewhere:
         if use["status"] in TERMINAL_STATUSES:
@@ -172,7 +172,7 @@ def _check(
                 f"Do not use applicator {serial}: it is already {status} in the treatment of "
                 f"{_patient(station, use)} on {_day(use['date'])}.",
             )
-        if not use["is_complete"]:
+        if not use["is_complete"] and not use["deleted"]:
             raise _Stop(
                 ScanOutcome.USED_ELSEWHERE,
                 f"Applicator {serial} is in the open treatment of {_patient(station, use)} on "
@@ -262,7 +262,8 @@ def _check_order(
     )
 
 
-def _other_uses(conn: Connection, treatment_id: str, serial: str) -> list[dict[str, Any]]:
+def _other_uses(conn: Connection, serial: str) -> list[dict[str, Any]]:
+    """Every treatment that recorded this serial, including deleted ones (they recorded it unused)."""
     rows = conn.execute(
         select(
             APPLICATORS.c.treatment_id,
@@ -270,13 +271,10 @@ def _other_uses(conn: Connection, treatment_id: str, serial: str) -> list[dict[s
             TREATMENTS.c.is_complete,
             TREATMENTS.c.date,
             TREATMENTS.c.patient_label_enc,
+            TREATMENTS.c.deleted_at.is_not(None).label("deleted"),
         )
         .join(TREATMENTS, TREATMENTS.c.id == APPLICATORS.c.treatment_id)
-        .where(
-            APPLICATORS.c.serial_number == serial,
-            APPLICATORS.c.deleted_at.is_(None),
-            TREATMENTS.c.deleted_at.is_(None),
-        )
+        .where(APPLICATORS.c.serial_number == serial, APPLICATORS.c.deleted_at.is_(None))
     )
     return [dict(r) for r in rows.mappings()]
 

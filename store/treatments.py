@@ -257,6 +257,15 @@ def delete_treatment(station: Station, actor: Actor, *, treatment_id: str, reaso
         treatment = load_treatment(journal.conn, treatment_id)
         if treatment["is_complete"]:
             raise TreatmentLocked("A finalised treatment cannot be deleted.")
+        deployed = [
+            a["serial_number"] for a in live_applicators(journal.conn, [treatment_id]) if a["deployed_seeds"]
+        ]
+        if deployed:
+            # Seeds in a patient are a radiation record: such a treatment is finished, not deleted.
+            raise InvalidInput(
+                f"Seeds were deployed from {len(deployed)} applicator(s) of this treatment; "
+                "it cannot be deleted."
+            )
         return journal.update(
             TREATMENTS,
             treatment,

@@ -60,8 +60,9 @@ def scanner_input(row_id: str) -> str:
     return next(r["raw"] for r in barcode_rows() if r["id"] == row_id)
 
 
-def inventory_item(serial: str, order: str | None, *, seeds: int | None = 10, site: str = SITE,
-                   **extra: Any) -> dict[str, Any]:
+def inventory_item(
+    serial: str, order: str | None, *, seeds: int | None = 10, site: str = SITE, **extra: Any
+) -> dict[str, Any]:
     return {
         "serial": serial,
         "order_name": order,
@@ -96,15 +97,34 @@ def default_inventory() -> list[dict[str, Any]]:
     return items
 
 
-def make_bundle(now: datetime = NOW, *, valid_days: int = 7, inventory: list[dict[str, Any]] | None = None,
-                version: str = "b-1") -> dict[str, Any]:
+def make_bundle(
+    now: datetime = NOW,
+    *,
+    valid_days: int = 7,
+    inventory: list[dict[str, Any]] | None = None,
+    version: str = "b-1",
+) -> dict[str, Any]:
     schedule = [
-        {"order_name": name, "patient_label": patient, "site": site, "day": (TODAY + timedelta(days=offset)).isoformat(),
-         "indication": indication, "seeds": seeds, "activity_per_seed": activity, "seed_length": 10.0}
+        {
+            "order_name": name,
+            "patient_label": patient,
+            "site": site,
+            "day": (TODAY + timedelta(days=offset)).isoformat(),
+            "indication": indication,
+            "seeds": seeds,
+            "activity_per_seed": activity,
+            "seed_length": 10.0,
+        }
         for name, (patient, site, offset, indication, seeds, activity) in ORDERS.items()
     ]
     users = [
-        {"id": a.user_id, "name": a.name, "role": a.role.value, "sites": sorted(a.sites), "position": a.position}
+        {
+            "id": a.user_id,
+            "name": a.name,
+            "role": a.role.value,
+            "sites": sorted(a.sites),
+            "position": a.position,
+        }
         for a in (NURSE, ALPHATAU, ADMIN)
     ]
     bundle = {

@@ -1,0 +1,46 @@
+"""Entry point: `python run.py station | cloud` or, with no argument, the demo.
+
+Only the station exists so far; the cloud (issue 3) and the demo (issue 4) say so and exit.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path(os.environ.get("DART_DATA_DIR", "data/station"))
+DEFAULT_PORT = int(os.environ.get("DART_STATION_PORT", "8080"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "station":
+        return run_station(data_dir=args.data_dir, port=args.port)
+    what = "The cloud service" if args.command == "cloud" else "The demo (fake Priority, cloud and station)"
+    print(f"{what} is not built yet. Run the station with: python run.py station", file=sys.stderr)
+    return 2
+
+
+def run_station(*, data_dir: Path, port: int) -> int:
+    from nicegui import ui
+
+    from ui.station_app import register_station
+
+    register_station(data_dir)
+    # The station serves one local kiosk browser: never listen beyond loopback.
+    ui.run(host="127.0.0.1", port=port, title="DaRT station", reload=False, show=False)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run.py", description="Alpha DaRT treatment tracker")
+    commands = parser.add_subparsers(dest="command")
+    station = commands.add_parser("station", help="the OR station (local browser app, SQLite, offline-first)")
+    station.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where station.db lives")
+    station.add_argument("--port", type=int, default=DEFAULT_PORT)
+    commands.add_parser("cloud", help="the cloud service (not built yet)")
+    return parser
+
+
+if __name__ in {"__main__", "__mp_main__"}:
+    sys.exit(main())
