@@ -395,9 +395,9 @@ class SyncConflict(SQLModel, table=True):
     table_name: str = Field(nullable=False, max_length=32)
     record_id: str = Field(nullable=False, max_length=36)
     field: str = Field(nullable=False, max_length=64)
-    local_value: Any = Field(default=None, sa_type=JSONText)
-    server_value: Any = Field(default=None, sa_type=JSONText)
-    base_value: Any = Field(default=None, sa_type=JSONText)
+    local_value: Any = Field(default=None, sa_type=JSONText, nullable=True)
+    server_value: Any = Field(default=None, sa_type=JSONText, nullable=True)
+    base_value: Any = Field(default=None, sa_type=JSONText, nullable=True)
     is_safety: bool = _bool()
     rule: str | None = Field(default=None, max_length=32)
     op_id: str | None = Field(default=None, foreign_key="sync_queue.op_id", ondelete="RESTRICT")
@@ -407,7 +407,7 @@ class SyncConflict(SQLModel, table=True):
     resolved_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
     resolved_by: str | None = Field(default=None, max_length=64)
     resolution: str | None = Field(default=None, max_length=16)
-    resolved_value: Any = Field(default=None, sa_type=JSONText)
+    resolved_value: Any = Field(default=None, sa_type=JSONText, nullable=True)
     reason: str | None = Field(default=None)
 
 

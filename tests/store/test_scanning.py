@@ -1,6 +1,5 @@
 """Every scan outcome of domain.md's table, checked offline against the validation cache."""
 
-
 import pytest
 from sqlalchemy import func, select
 
