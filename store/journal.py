@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, select, update
 
 from store.clock import HLC, to_ms
 from store.engine import write_transaction
@@ -37,6 +37,38 @@ _OPEN_QUEUE_STATES = (
     QueueStatus.NEEDS_PERSON,
 )
 
+# Statements built once: SQLAlchemy then reuses their compiled form, which matters on the scan path.
+_LOAD_DEVICE = select(DEVICE).where(DEVICE.c.id == 1)
+_SAVE_DEVICE = (
+    update(DEVICE)
+    .where(DEVICE.c.id == 1)
+    .values(
+        last_device_seq=bindparam("seq"),
+        last_audit_seq=bindparam("audit_seq"),
+        last_audit_hash=bindparam("audit_hash"),
+        hlc_wall_ms=bindparam("wall"),
+        hlc_counter=bindparam("counter"),
+    )
+)
+_NEWEST_OPEN_OP = (
+    select(QUEUE.c.op_id)
+    .where(
+        QUEUE.c.table_name == bindparam("table_name"),
+        QUEUE.c.record_id == bindparam("record_id"),
+        QUEUE.c.status.in_([s.value for s in _OPEN_QUEUE_STATES]),
+    )
+    .order_by(QUEUE.c.device_seq.desc())
+    .limit(1)
+)
+_OPEN_OPS_OF_TREATMENT = (
+    select(QUEUE.c.op_id)
+    .where(
+        QUEUE.c.treatment_id == bindparam("treatment_id"),
+        QUEUE.c.status.in_([s.value for s in _OPEN_QUEUE_STATES]),
+    )
+    .order_by(QUEUE.c.device_seq)
+)
+
 
 @dataclass
 class Change:
@@ -54,7 +86,7 @@ class Journal:
         self.actor = actor
         self.conn = conn
         self.now: datetime = station.now()
-        state = conn.execute(select(DEVICE).where(DEVICE.c.id == 1)).mappings().one()
+        state = conn.execute(_LOAD_DEVICE).mappings().one()
         self._device_id: str = state["device_id"]
         self._device_seq: int = state["last_device_seq"]
         self._audit_seq: int = state["last_audit_seq"]
@@ -92,7 +124,7 @@ class Journal:
             "created_at": self.now,
             "updated_at": self.now,
         }
-        self.conn.execute(insert(table).values(record))
+        self.conn.execute(table.insert(), record)
         depends_on = self._open_ops(after)
         payload = _payload(record)
         op_id = self._enqueue(
@@ -134,7 +166,10 @@ class Journal:
             "hlc": hlc,
             "updated_at": self.now,
         }
-        self.conn.execute(update(table).where(table.c.id == before["id"]).values({**changed, **meta}))
+        self.conn.execute(
+            table.update().where(table.c.id == bindparam("_record_id")),
+            {**changed, **meta, "_record_id": before["id"]},
+        )
         record = {**before, **changed, **meta}
         depends_on = self._open_ops([(table.name, before["id"]), *after])
         depends_on += [op for op in after_ops if op not in depends_on]
@@ -176,12 +211,7 @@ class Journal:
 
     def open_ops_for_treatment(self, treatment_id: str) -> list[str]:
         """Every unconfirmed operation of a treatment's rows: a finalise must reach the cloud after them."""
-        rows = self.conn.execute(
-            select(QUEUE.c.op_id)
-            .where(QUEUE.c.treatment_id == treatment_id, QUEUE.c.status.in_(_OPEN_QUEUE_STATES))
-            .order_by(QUEUE.c.device_seq)
-        )
-        return list(rows.scalars())
+        return list(self.conn.execute(_OPEN_OPS_OF_TREATMENT, {"treatment_id": treatment_id}).scalars())
 
     # --- internals ---------------------------------------------------------------------------
     def _tick(self) -> str:
@@ -194,14 +224,7 @@ class Journal:
         found: list[str] = []
         for table_name, record_id in records:
             op_id = self.conn.execute(
-                select(QUEUE.c.op_id)
-                .where(
-                    QUEUE.c.table_name == table_name,
-                    QUEUE.c.record_id == record_id,
-                    QUEUE.c.status.in_(_OPEN_QUEUE_STATES),
-                )
-                .order_by(QUEUE.c.device_seq.desc())
-                .limit(1)
+                _NEWEST_OPEN_OP, {"table_name": table_name, "record_id": record_id}
             ).scalar()
             if op_id is not None and op_id not in found:
                 found.append(op_id)
@@ -224,25 +247,26 @@ class Journal:
         self._device_seq += 1
         op_id = str(uuid.uuid4())
         self.conn.execute(
-            insert(QUEUE).values(
-                op_id=op_id,
-                device_id=self._device_id,
-                device_seq=self._device_seq,
-                table_name=table_name,
-                record_id=record_id,
-                treatment_id=treatment_id,
-                kind=kind.value,
-                payload=payload,
-                changed_fields=changed,
-                base_version=base_version,
-                hlc=hlc,
-                clock_offset_ms=self._offset_ms,
-                priority=priority,
-                depends_on=depends_on,
-                status=QueueStatus.PENDING.value,
-                attempts=0,
-                created_at=self.now,
-            )
+            QUEUE.insert(),
+            {
+                "op_id": op_id,
+                "device_id": self._device_id,
+                "device_seq": self._device_seq,
+                "table_name": table_name,
+                "record_id": record_id,
+                "treatment_id": treatment_id,
+                "kind": kind.value,
+                "payload": payload,
+                "changed_fields": changed,
+                "base_version": base_version,
+                "hlc": hlc,
+                "clock_offset_ms": self._offset_ms,
+                "priority": priority,
+                "depends_on": depends_on,
+                "status": QueueStatus.PENDING.value,
+                "attempts": 0,
+                "created_at": self.now,
+            },
         )
         return op_id
 
@@ -276,20 +300,19 @@ class Journal:
         entry["hash"] = audit_hash(entry)
         self._audit_hash = entry["hash"]
         self._dirty = True
-        self.conn.execute(insert(AUDIT).values(entry))
+        self.conn.execute(AUDIT.insert(), entry)
 
     def flush(self) -> None:
         if self._dirty:
             self.conn.execute(
-                update(DEVICE)
-                .where(DEVICE.c.id == 1)
-                .values(
-                    last_device_seq=self._device_seq,
-                    last_audit_seq=self._audit_seq,
-                    last_audit_hash=self._audit_hash,
-                    hlc_wall_ms=self._hlc.wall_ms,
-                    hlc_counter=self._hlc.counter,
-                )
+                _SAVE_DEVICE,
+                {
+                    "seq": self._device_seq,
+                    "audit_seq": self._audit_seq,
+                    "audit_hash": self._audit_hash,
+                    "wall": self._hlc.wall_ms,
+                    "counter": self._hlc.counter,
+                },
             )
 
 

@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, select
+from sqlalchemy import Connection, RowMapping, bindparam, select
 
 from store.barcode import BarcodeProblem, BarcodeReading, parse_scan
 from store.enums import TERMINAL_STATUSES, ApplicatorStatus, Priority
@@ -262,21 +262,23 @@ def _check_order(
     )
 
 
+_USES_OF_SERIAL = (
+    select(
+        APPLICATORS.c.treatment_id,
+        APPLICATORS.c.status,
+        TREATMENTS.c.is_complete,
+        TREATMENTS.c.date,
+        TREATMENTS.c.patient_label_enc,
+        TREATMENTS.c.deleted_at.is_not(None).label("deleted"),
+    )
+    .join(TREATMENTS, TREATMENTS.c.id == APPLICATORS.c.treatment_id)
+    .where(APPLICATORS.c.serial_number == bindparam("serial"), APPLICATORS.c.deleted_at.is_(None))
+)
+
+
 def _other_uses(conn: Connection, serial: str) -> list[dict[str, Any]]:
     """Every treatment that recorded this serial, including deleted ones (they recorded it unused)."""
-    rows = conn.execute(
-        select(
-            APPLICATORS.c.treatment_id,
-            APPLICATORS.c.status,
-            TREATMENTS.c.is_complete,
-            TREATMENTS.c.date,
-            TREATMENTS.c.patient_label_enc,
-            TREATMENTS.c.deleted_at.is_not(None).label("deleted"),
-        )
-        .join(TREATMENTS, TREATMENTS.c.id == APPLICATORS.c.treatment_id)
-        .where(APPLICATORS.c.serial_number == serial, APPLICATORS.c.deleted_at.is_(None))
-    )
-    return [dict(r) for r in rows.mappings()]
+    return [dict(r) for r in conn.execute(_USES_OF_SERIAL, {"serial": serial}).mappings()]
 
 
 def _applicator_values(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select
 
 from store.enums import CacheType, Role
 from store.errors import InvalidInput
@@ -23,6 +23,10 @@ from store.types import dumps
 
 CACHE = ValidationCacheEntry.__table__
 USERS = User.__table__
+
+_ENTRY = select(CACHE.c.payload, CACHE.c.bundle_version, CACHE.c.valid_until).where(
+    CACHE.c.cache_type == bindparam("cache_type"), CACHE.c.cache_key == bindparam("cache_key")
+)
 
 
 class BundleRejected(InvalidInput):
@@ -113,11 +117,7 @@ def install_bundle(station: Station, bundle: Mapping[str, Any], *, verify: bool 
 
 
 def find_inventory(conn: Connection, serial: str) -> InventoryItem | None:
-    row = conn.execute(
-        select(CACHE.c.payload, CACHE.c.bundle_version, CACHE.c.valid_until).where(
-            CACHE.c.cache_type == CacheType.INVENTORY.value, CACHE.c.cache_key == serial.upper()
-        )
-    ).first()
+    row = conn.execute(_ENTRY, {"cache_type": CacheType.INVENTORY.value, "cache_key": serial.upper()}).first()
     if row is None:
         return None
     p = row.payload
@@ -138,11 +138,7 @@ def find_inventory(conn: Connection, serial: str) -> InventoryItem | None:
 
 
 def find_order(conn: Connection, order_hash: str) -> ScheduledOrder | None:
-    row = conn.execute(
-        select(CACHE.c.payload, CACHE.c.bundle_version, CACHE.c.valid_until).where(
-            CACHE.c.cache_type == CacheType.SCHEDULE.value, CACHE.c.cache_key == order_hash
-        )
-    ).first()
+    row = conn.execute(_ENTRY, {"cache_type": CacheType.SCHEDULE.value, "cache_key": order_hash}).first()
     return None if row is None else _order(row.payload, row.bundle_version, row.valid_until)
 
 
