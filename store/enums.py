@@ -191,4 +191,6 @@ def allowed_moves(indication: Indication, status: ApplicatorStatus) -> frozenset
 
 def sql_in(values: type[StrEnum] | frozenset | list) -> str:
     """The quoted list for a CHECK (... IN (...)) constraint."""
-    return ", ".join(f"'{v.value if isinstance(v, StrEnum) else v}'" for v in values)
+    # Sorted, so that the constraint's text is the same in every process (frozensets are unordered).
+    texts = sorted(v.value if isinstance(v, StrEnum) else str(v) for v in values)
+    return ", ".join(f"'{text}'" for text in texts)

@@ -15,6 +15,7 @@ import datetime as dt
 from typing import Any, ClassVar
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -144,7 +145,8 @@ class Treatment(SyncedRow, table=True):
         _check(
             "(NOT is_complete AND completed_by IS NULL AND completed_at IS NULL)"
             " OR (is_complete AND completed_by IS NOT NULL AND completed_at IS NOT NULL"
-            " AND signer_name IS NOT NULL AND signed_at IS NOT NULL AND signature_mode IS NOT NULL)",
+            " AND signer_name IS NOT NULL AND signed_at IS NOT NULL AND signature_mode IS NOT NULL"
+            " AND signature_status IS NOT NULL)",
             "completion_signed",
         ),
         _check("type = 'insertion' OR insertion_treatment_id IS NOT NULL", "removal_links_insertion"),
@@ -387,6 +389,8 @@ class SyncConflict(SQLModel, table=True):
             "status <> 'resolved' OR (resolved_by IS NOT NULL AND resolution IS NOT NULL)",
             "resolved_by_person",
         ),
+        # Invariant 5: a safety conflict is held for a person, never resolved by a rule.
+        _check("NOT is_safety OR status <> 'auto_resolved'", "safety_held_for_person"),
         Index("ix_sync_conflicts_status", "status"),
         Index("ix_sync_conflicts_record", "table_name", "record_id"),
     )
@@ -468,7 +472,7 @@ class DeviceState(SQLModel, table=True):
     last_device_seq: int = Field(default=0, nullable=False)  # sync_queue numbering
     last_audit_seq: int = Field(default=0, nullable=False)
     last_audit_hash: str = Field(nullable=False, max_length=64)
-    hlc_wall_ms: int = Field(default=0, nullable=False)
+    hlc_wall_ms: int = Field(default=0, nullable=False, sa_type=BigInteger)  # milliseconds: past 32 bits
     hlc_counter: int = Field(default=0, nullable=False)
     clock_offset_ms: int | None = Field(default=None)  # measured against the cloud's clock
     created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 11:48:54.463370
+Create Date: 2026-11-26
 """
 
 from collections.abc import Sequence
@@ -50,7 +50,7 @@ def upgrade() -> None:
         sa.Column("last_device_seq", sa.Integer(), nullable=False),
         sa.Column("last_audit_seq", sa.Integer(), nullable=False),
         sa.Column("last_audit_hash", sa.String(length=64), nullable=False),
-        sa.Column("hlc_wall_ms", sa.Integer(), nullable=False),
+        sa.Column("hlc_wall_ms", sa.BigInteger(), nullable=False),
         sa.Column("hlc_counter", sa.Integer(), nullable=False),
         sa.Column("clock_offset_ms", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -82,13 +82,13 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=True),
-        sa.CheckConstraint("kind IN ('insert', 'update', 'delete')", name=op.f("ck_sync_queue_kind_valid")),
+        sa.CheckConstraint("kind IN ('delete', 'insert', 'update')", name=op.f("ck_sync_queue_kind_valid")),
         sa.CheckConstraint(
-            "status IN ('pending', 'in_flight', 'done', 'quarantined', 'needs_person')",
+            "status IN ('done', 'in_flight', 'needs_person', 'pending', 'quarantined')",
             name=op.f("ck_sync_queue_status_valid"),
         ),
         sa.CheckConstraint(
-            "table_name IN ('treatments', 'applicators', 'applicator_packages', 'removed_seeds')",
+            "table_name IN ('applicator_packages', 'applicators', 'removed_seeds', 'treatments')",
             name=op.f("ck_sync_queue_table_name_valid"),
         ),
         sa.CheckConstraint("attempts >= 0", name=op.f("ck_sync_queue_attempts_non_negative")),
@@ -164,15 +164,15 @@ def upgrade() -> None:
             name=op.f("ck_treatments_only_insertions_continue"),
         ),
         sa.CheckConstraint(
-            "signature_mode IS NULL OR signature_mode IN ('self', 'code', 'offline_pin')",
+            "signature_mode IS NULL OR signature_mode IN ('code', 'offline_pin', 'self')",
             name=op.f("ck_treatments_signature_mode_valid"),
         ),
         sa.CheckConstraint(
-            "signature_status IS NULL OR signature_status IN ('confirmed', 'awaiting_cloud')",
+            "signature_status IS NULL OR signature_status IN ('awaiting_cloud', 'confirmed')",
             name=op.f("ck_treatments_signature_status_valid"),
         ),
         sa.CheckConstraint(
-            "sync_status IN ('pending', 'synced', 'conflict')", name=op.f("ck_treatments_sync_status_valid")
+            "sync_status IN ('conflict', 'pending', 'synced')", name=op.f("ck_treatments_sync_status_valid")
         ),
         sa.CheckConstraint(
             "type = 'insertion' OR insertion_treatment_id IS NOT NULL",
@@ -184,7 +184,7 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint("type IN ('insertion', 'removal')", name=op.f("ck_treatments_type_valid")),
         sa.CheckConstraint(
-            "(NOT is_complete AND completed_by IS NULL AND completed_at IS NULL) OR (is_complete AND completed_by IS NOT NULL AND completed_at IS NOT NULL AND signer_name IS NOT NULL AND signed_at IS NOT NULL AND signature_mode IS NOT NULL)",
+            "(NOT is_complete AND completed_by IS NULL AND completed_at IS NULL) OR (is_complete AND completed_by IS NOT NULL AND completed_at IS NOT NULL AND signer_name IS NOT NULL AND signed_at IS NOT NULL AND signature_mode IS NOT NULL AND signature_status IS NOT NULL)",
             name=op.f("ck_treatments_completion_signed"),
         ),
         sa.CheckConstraint(
@@ -250,7 +250,7 @@ def upgrade() -> None:
         sa.Column("last_login", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.CheckConstraint("role IN ('hospital', 'alphatau', 'admin')", name=op.f("ck_users_role_valid")),
+        sa.CheckConstraint("role IN ('admin', 'alphatau', 'hospital')", name=op.f("ck_users_role_valid")),
         sa.CheckConstraint("failed_attempts >= 0", name=op.f("ck_users_failed_attempts_non_negative")),
         sa.CheckConstraint(
             "pin_hash IS NOT NULL OR pin_valid_until IS NULL", name=op.f("ck_users_pin_grace_needs_pin")
@@ -272,7 +272,7 @@ def upgrade() -> None:
         sa.Column("valid_until", sa.DateTime(timezone=True), nullable=False),
         sa.Column("fetched_at", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint(
-            "cache_type IN ('user', 'schedule', 'inventory', 'bundle')",
+            "cache_type IN ('bundle', 'inventory', 'schedule', 'user')",
             name=op.f("ck_validation_cache_cache_type_valid"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_validation_cache")),
@@ -302,7 +302,7 @@ def upgrade() -> None:
         sa.Column("capacity", sa.Integer(), nullable=False),
         sa.Column("created_by", sa.String(length=64), nullable=False),
         sa.CheckConstraint(
-            "sync_status IN ('pending', 'synced', 'conflict')",
+            "sync_status IN ('conflict', 'pending', 'synced')",
             name=op.f("ck_applicator_packages_sync_status_valid"),
         ),
         sa.CheckConstraint(
@@ -348,11 +348,11 @@ def upgrade() -> None:
             name=op.f("ck_removed_seeds_other_reason_described"),
         ),
         sa.CheckConstraint(
-            "reason IN ('applicator_rupture', 'patient_from_home', 'other')",
+            "reason IN ('applicator_rupture', 'other', 'patient_from_home')",
             name=op.f("ck_removed_seeds_reason_valid"),
         ),
         sa.CheckConstraint(
-            "sync_status IN ('pending', 'synced', 'conflict')",
+            "sync_status IN ('conflict', 'pending', 'synced')",
             name=op.f("ck_removed_seeds_sync_status_valid"),
         ),
         sa.CheckConstraint(
@@ -392,6 +392,10 @@ def upgrade() -> None:
         sa.Column("resolved_value", sa.Text(), nullable=True),
         sa.Column("reason", sa.String(), nullable=True),
         sa.CheckConstraint(
+            "NOT is_safety OR status <> 'auto_resolved'",
+            name=op.f("ck_sync_conflicts_safety_held_for_person"),
+        ),
+        sa.CheckConstraint(
             "resolution IS NULL OR resolution IN ('keep_local', 'keep_server', 'merged')",
             name=op.f("ck_sync_conflicts_resolution_valid"),
         ),
@@ -404,10 +408,10 @@ def upgrade() -> None:
             name=op.f("ck_sync_conflicts_closed_has_resolution"),
         ),
         sa.CheckConstraint(
-            "status IN ('open', 'resolved', 'auto_resolved')", name=op.f("ck_sync_conflicts_status_valid")
+            "status IN ('auto_resolved', 'open', 'resolved')", name=op.f("ck_sync_conflicts_status_valid")
         ),
         sa.CheckConstraint(
-            "table_name IN ('treatments', 'applicators', 'applicator_packages', 'removed_seeds')",
+            "table_name IN ('applicator_packages', 'applicators', 'removed_seeds', 'treatments')",
             name=op.f("ck_sync_conflicts_table_name_valid"),
         ),
         sa.ForeignKeyConstraint(
@@ -483,15 +487,15 @@ def upgrade() -> None:
             name=op.f("ck_applicators_scan_outcome_valid"),
         ),
         sa.CheckConstraint(
-            "status IN ('SEALED', 'OPENED', 'LOADED', 'INSERTED', 'FAULTY', 'DISPOSED', 'DISCHARGED', 'DEPLOYMENT_FAILURE')",
+            "status IN ('DEPLOYMENT_FAILURE', 'DISCHARGED', 'DISPOSED', 'FAULTY', 'INSERTED', 'LOADED', 'OPENED', 'SEALED')",
             name=op.f("ck_applicators_status_valid"),
         ),
         sa.CheckConstraint(
-            "status NOT IN ('DISPOSED', 'FAULTY', 'DISCHARGED', 'DEPLOYMENT_FAILURE') OR (comments IS NOT NULL AND comments <> '')",
+            "status NOT IN ('DEPLOYMENT_FAILURE', 'DISCHARGED', 'DISPOSED', 'FAULTY') OR (comments IS NOT NULL AND comments <> '')",
             name=op.f("ck_applicators_terminal_comment_present"),
         ),
         sa.CheckConstraint(
-            "sync_status IN ('pending', 'synced', 'conflict')", name=op.f("ck_applicators_sync_status_valid")
+            "sync_status IN ('conflict', 'pending', 'synced')", name=op.f("ck_applicators_sync_status_valid")
         ),
         sa.CheckConstraint(
             "(deleted_at IS NULL AND deleted_by IS NULL AND deleted_reason IS NULL) OR (deleted_at IS NOT NULL AND deleted_by IS NOT NULL AND deleted_reason IS NOT NULL)",

@@ -9,12 +9,13 @@ from collections.abc import Sequence
 
 from alembic import op
 
+from store.migrations.guards import TOUCHED_TABLES, sqlite_guard_statements
+
 revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-TOUCHED_TABLES = ("treatments", "applicators", "applicator_packages", "removed_seeds", "users")
 STATUSES = (
     "SEALED",
     "OPENED",
@@ -69,19 +70,8 @@ def downgrade() -> None:
 
 
 def _sqlite_triggers() -> None:
-    for verb in ("update", "delete"):
-        op.execute(
-            f"CREATE TRIGGER audit_logs_no_{verb} BEFORE {verb.upper()} ON audit_logs "
-            "BEGIN SELECT RAISE(ABORT, 'audit_logs is append-only'); END"
-        )
-    for table in TOUCHED_TABLES:
-        # Only when the writer did not set it: the app's own value (its injectable clock) wins.
-        op.execute(
-            f"CREATE TRIGGER {table}_touch_updated_at AFTER UPDATE ON {table} FOR EACH ROW "
-            "WHEN NEW.updated_at IS OLD.updated_at "
-            f"BEGIN UPDATE {table} SET updated_at = strftime('%Y-%m-%d %H:%M:%f000', 'now') "
-            "WHERE id = NEW.id; END"
-        )
+    for statement in sqlite_guard_statements():
+        op.execute(statement)
 
 
 def _postgresql_triggers() -> None:
