@@ -27,8 +27,9 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 def test_run_py_says_what_is_not_built_yet() -> None:
     for argv in (["cloud"], []):
-        done = subprocess.run([sys.executable, "run.py", *argv], cwd=ROOT, capture_output=True, text=True,
-                              timeout=60)
+        done = subprocess.run(
+            [sys.executable, "run.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 2
         assert "not built yet" in done.stderr
 

@@ -484,7 +484,7 @@ _GENERATED = {
     "applicators": (
         '\n        batch_op.drop_column("usage")'
         '\n        batch_op.add_column(sa.Column("usage", sa.String(8), sa.Computed('
-        '"CASE status WHEN \'INSERTED\' THEN \'full\' WHEN \'FAULTY\' THEN \'faulty\' ELSE \'none\' END",'
+        "\"CASE status WHEN 'INSERTED' THEN 'full' WHEN 'FAULTY' THEN 'faulty' ELSE 'none' END\","
         " persisted=True)))"
     ),
 }
