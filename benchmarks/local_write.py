@@ -210,7 +210,10 @@ def raw_run(station_db: Path, raw_db: Path, serials: set[str]) -> tuple[list[flo
         conn.execute("COMMIT")
         latencies.append(time.perf_counter() - t0)
     wall = time.perf_counter() - started
+    written = conn.execute("SELECT count(*) FROM applicators").fetchone()[0]
     conn.close()
+    if written != len(serials):
+        raise RuntimeError(f"the baseline wrote {written} applicators, not {len(serials)}")
     return latencies, wall
 
 

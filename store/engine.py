@@ -49,16 +49,20 @@ def _on_begin(connection: Connection) -> None:
     # Writers take the write lock at BEGIN: two writers that both began deferred and then try to
     # upgrade deadlock and one gets SQLITE_BUSY at once, which the busy timeout cannot cure.
     mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
-    connection.exec_driver_sql(f"BEGIN {mode}")
+    # Straight to the driver: this runs once per transaction, on the scan path.
+    connection.connection.driver_connection.execute(f"BEGIN {mode}")
 
 
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """One atomic write: everything inside commits together or not at all."""
-    with engine.connect() as conn:
-        conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-        with conn.begin():
-            yield conn
+    with writer(engine).begin() as conn:
+        yield conn
+
+
+def writer(engine: Engine) -> Engine:
+    """A view of `engine` (same pool) whose transactions begin IMMEDIATE; keep it, it is not free."""
+    return engine.execution_options(sqlite_begin="IMMEDIATE")
 
 
 @contextmanager

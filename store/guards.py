@@ -3,9 +3,10 @@
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, bindparam, select
+from sqlalchemy import Connection, RowMapping, select
 
 from store.errors import InvalidInput, NotFound, NotPermitted, TreatmentLocked
+from store.fastsql import codec
 from store.models import Applicator, Treatment
 from store.station import Actor, Station
 
@@ -14,19 +15,18 @@ APPLICATORS = Applicator.__table__
 
 MAX_TEXT = 2000
 
-_TREATMENT_BY_ID = select(TREATMENTS).where(TREATMENTS.c.id == bindparam("id"))
-_APPLICATOR_BY_ID = select(APPLICATORS).where(APPLICATORS.c.id == bindparam("id"))
-
 
 def load_treatment(conn: Connection, treatment_id: str) -> RowMapping:
-    row = conn.execute(_TREATMENT_BY_ID, {"id": treatment_id}).mappings().first()
+    rows = codec(TREATMENTS).select(conn, "id = ?", (treatment_id,))
+    row = rows[0] if rows else None
     if row is None or row["deleted_at"] is not None:
         raise NotFound("This treatment does not exist or was deleted.")
     return row
 
 
 def load_applicator(conn: Connection, applicator_id: str) -> RowMapping:
-    row = conn.execute(_APPLICATOR_BY_ID, {"id": applicator_id}).mappings().first()
+    rows = codec(APPLICATORS).select(conn, "id = ?", (applicator_id,))
+    row = rows[0] if rows else None
     if row is None or row["deleted_at"] is not None:
         raise NotFound("This applicator is not recorded in any treatment.")
     return row

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, select, update
+from sqlalchemy import Connection, Table
 
+from store import fastsql
 from store.clock import HLC, to_ms
-from store.engine import write_transaction
 from store.enums import OperationKind, QueueStatus, RowSyncStatus
+from store.fastsql import codec
 from store.models import AuditLog, DeviceState, SyncQueueEntry
 from store.station import Actor, Station
 from store.types import dumps
@@ -37,36 +38,17 @@ _OPEN_QUEUE_STATES = (
     QueueStatus.NEEDS_PERSON,
 )
 
-# Statements built once: SQLAlchemy then reuses their compiled form, which matters on the scan path.
-_LOAD_DEVICE = select(DEVICE).where(DEVICE.c.id == 1)
-_SAVE_DEVICE = (
-    update(DEVICE)
-    .where(DEVICE.c.id == 1)
-    .values(
-        last_device_seq=bindparam("seq"),
-        last_audit_seq=bindparam("audit_seq"),
-        last_audit_hash=bindparam("audit_hash"),
-        hlc_wall_ms=bindparam("wall"),
-        hlc_counter=bindparam("counter"),
-    )
-)
+_OPEN = ", ".join(f"'{s.value}'" for s in _OPEN_QUEUE_STATES)
 _NEWEST_OPEN_OP = (
-    select(QUEUE.c.op_id)
-    .where(
-        QUEUE.c.table_name == bindparam("table_name"),
-        QUEUE.c.record_id == bindparam("record_id"),
-        QUEUE.c.status.in_([s.value for s in _OPEN_QUEUE_STATES]),
-    )
-    .order_by(QUEUE.c.device_seq.desc())
-    .limit(1)
+    f"SELECT op_id FROM sync_queue WHERE table_name = ? AND record_id = ? AND status IN ({_OPEN})"
+    " ORDER BY device_seq DESC LIMIT 1"
 )
 _OPEN_OPS_OF_TREATMENT = (
-    select(QUEUE.c.op_id)
-    .where(
-        QUEUE.c.treatment_id == bindparam("treatment_id"),
-        QUEUE.c.status.in_([s.value for s in _OPEN_QUEUE_STATES]),
-    )
-    .order_by(QUEUE.c.device_seq)
+    f"SELECT op_id FROM sync_queue WHERE treatment_id = ? AND status IN ({_OPEN}) ORDER BY device_seq"
+)
+_SAVE_DEVICE = (
+    "UPDATE device_state SET last_device_seq = ?, last_audit_seq = ?, last_audit_hash = ?,"
+    " hlc_wall_ms = ?, hlc_counter = ? WHERE id = 1"
 )
 
 
@@ -86,7 +68,7 @@ class Journal:
         self.actor = actor
         self.conn = conn
         self.now: datetime = station.now()
-        state = conn.execute(_LOAD_DEVICE).mappings().one()
+        state = codec(DEVICE).select(conn, "id = 1", ())[0]
         self._device_id: str = state["device_id"]
         self._device_seq: int = state["last_device_seq"]
         self._audit_seq: int = state["last_audit_seq"]
@@ -124,7 +106,7 @@ class Journal:
             "created_at": self.now,
             "updated_at": self.now,
         }
-        self.conn.execute(table.insert(), record)
+        codec(table).insert(self.conn, record)
         depends_on = self._open_ops(after)
         payload = _payload(record)
         op_id = self._enqueue(
@@ -166,10 +148,7 @@ class Journal:
             "hlc": hlc,
             "updated_at": self.now,
         }
-        self.conn.execute(
-            table.update().where(table.c.id == bindparam("_record_id")),
-            {**changed, **meta, "_record_id": before["id"]},
-        )
+        codec(table).update(self.conn, before["id"], {**changed, **meta})
         record = {**before, **changed, **meta}
         depends_on = self._open_ops([(table.name, before["id"]), *after])
         depends_on += [op for op in after_ops if op not in depends_on]
@@ -211,7 +190,7 @@ class Journal:
 
     def open_ops_for_treatment(self, treatment_id: str) -> list[str]:
         """Every unconfirmed operation of a treatment's rows: a finalise must reach the cloud after them."""
-        return list(self.conn.execute(_OPEN_OPS_OF_TREATMENT, {"treatment_id": treatment_id}).scalars())
+        return [row[0] for row in fastsql.execute(self.conn, _OPEN_OPS_OF_TREATMENT, (treatment_id,))]
 
     # --- internals ---------------------------------------------------------------------------
     def _tick(self) -> str:
@@ -223,11 +202,9 @@ class Journal:
         """The newest unconfirmed operation of each named row."""
         found: list[str] = []
         for table_name, record_id in records:
-            op_id = self.conn.execute(
-                _NEWEST_OPEN_OP, {"table_name": table_name, "record_id": record_id}
-            ).scalar()
-            if op_id is not None and op_id not in found:
-                found.append(op_id)
+            rows = fastsql.execute(self.conn, _NEWEST_OPEN_OP, (table_name, record_id))
+            if rows and rows[0][0] not in found:
+                found.append(rows[0][0])
         return found
 
     def _enqueue(
@@ -246,8 +223,8 @@ class Journal:
     ) -> str:
         self._device_seq += 1
         op_id = str(uuid.uuid4())
-        self.conn.execute(
-            QUEUE.insert(),
+        codec(QUEUE).insert(
+            self.conn,
             {
                 "op_id": op_id,
                 "device_id": self._device_id,
@@ -300,19 +277,14 @@ class Journal:
         entry["hash"] = audit_hash(entry)
         self._audit_hash = entry["hash"]
         self._dirty = True
-        self.conn.execute(AUDIT.insert(), entry)
+        codec(AUDIT).insert(self.conn, entry)
 
     def flush(self) -> None:
         if self._dirty:
-            self.conn.execute(
+            fastsql.execute(
+                self.conn,
                 _SAVE_DEVICE,
-                {
-                    "seq": self._device_seq,
-                    "audit_seq": self._audit_seq,
-                    "audit_hash": self._audit_hash,
-                    "wall": self._hlc.wall_ms,
-                    "counter": self._hlc.counter,
-                },
+                (self._device_seq, self._audit_seq, self._audit_hash, self._hlc.wall_ms, self._hlc.counter),
             )
 
 
@@ -335,7 +307,7 @@ def verify_audit_chain(rows: Iterable[Mapping[str, Any]], genesis: str = "0" * 6
 @contextmanager
 def transaction(station: Station, actor: Actor | None) -> Iterator[Journal]:
     """One command's atomic unit: all of its journalled writes commit together or none do."""
-    with write_transaction(station.engine) as conn:
+    with station.writer.begin() as conn:
         journal = Journal(station, actor, conn)
         yield journal
         journal.flush()

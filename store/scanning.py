@@ -11,10 +11,12 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, bindparam, select
+from sqlalchemy import Connection, RowMapping
 
+from store import fastsql
 from store.barcode import BarcodeProblem, BarcodeReading, parse_scan
 from store.enums import TERMINAL_STATUSES, ApplicatorStatus, Priority
+from store.fastsql import codec
 from store.guards import APPLICATORS, TREATMENTS, load_treatment, require_access, require_open
 from store.journal import transaction
 from store.station import Actor, Station
@@ -263,22 +265,28 @@ def _check_order(
 
 
 _USES_OF_SERIAL = (
-    select(
-        APPLICATORS.c.treatment_id,
-        APPLICATORS.c.status,
-        TREATMENTS.c.is_complete,
-        TREATMENTS.c.date,
-        TREATMENTS.c.patient_label_enc,
-        TREATMENTS.c.deleted_at.is_not(None).label("deleted"),
-    )
-    .join(TREATMENTS, TREATMENTS.c.id == APPLICATORS.c.treatment_id)
-    .where(APPLICATORS.c.serial_number == bindparam("serial"), APPLICATORS.c.deleted_at.is_(None))
+    "SELECT a.treatment_id, a.status, t.is_complete, t.date, t.patient_label_enc, t.deleted_at IS NOT NULL"
+    " FROM applicators a JOIN treatments t ON t.id = a.treatment_id"
+    " WHERE a.serial_number = ? AND a.deleted_at IS NULL"
 )
 
 
 def _other_uses(conn: Connection, serial: str) -> list[dict[str, Any]]:
     """Every treatment that recorded this serial, including deleted ones (they recorded it unused)."""
-    return [dict(r) for r in conn.execute(_USES_OF_SERIAL, {"serial": serial}).mappings()]
+    treatments = codec(TREATMENTS)
+    return [
+        {
+            "treatment_id": treatment_id,
+            "status": status,
+            "is_complete": bool(is_complete),
+            "date": treatments.decode(("date",), (day,))["date"],
+            "patient_label_enc": label,
+            "deleted": bool(deleted),
+        }
+        for treatment_id, status, is_complete, day, label, deleted in fastsql.execute(
+            conn, _USES_OF_SERIAL, (serial,)
+        )
+    ]
 
 
 def _applicator_values(

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, insert, select
 
 from store.clock import utcnow
 from store.crypto import PatientCipher
-from store.engine import make_engine, write_transaction
+from store.engine import make_engine, write_transaction, writer
 from store.enums import Role
 from store.migrate import migrate
 from store.models import DeviceState
@@ -61,6 +61,10 @@ class Station:
     data_dir: Path
     settings: Settings = field(default_factory=Settings)
     clock: Callable[[], datetime] = utcnow
+    writer: Engine = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.writer = writer(self.engine)
 
     def now(self) -> datetime:
         return self.clock()

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select
+from sqlalchemy import Connection, delete, insert, select
 
 from store.enums import CacheType, Role
 from store.errors import InvalidInput
+from store.fastsql import codec
 from store.journal import transaction
 from store.models import User, ValidationCacheEntry
 from store.station import Station
@@ -24,9 +25,14 @@ from store.types import dumps
 CACHE = ValidationCacheEntry.__table__
 USERS = User.__table__
 
-_ENTRY = select(CACHE.c.payload, CACHE.c.bundle_version, CACHE.c.valid_until).where(
-    CACHE.c.cache_type == bindparam("cache_type"), CACHE.c.cache_key == bindparam("cache_key")
-)
+_ENTRY_COLUMNS = ("payload", "bundle_version", "valid_until")
+
+
+def _entry(conn: Connection, cache_type: CacheType, key: str) -> dict[str, Any] | None:
+    rows = codec(CACHE).select(
+        conn, "cache_type = ? AND cache_key = ?", (cache_type.value, key), _ENTRY_COLUMNS
+    )
+    return rows[0] if rows else None
 
 
 class BundleRejected(InvalidInput):
@@ -117,10 +123,10 @@ def install_bundle(station: Station, bundle: Mapping[str, Any], *, verify: bool 
 
 
 def find_inventory(conn: Connection, serial: str) -> InventoryItem | None:
-    row = conn.execute(_ENTRY, {"cache_type": CacheType.INVENTORY.value, "cache_key": serial.upper()}).first()
+    row = _entry(conn, CacheType.INVENTORY, serial.upper())
     if row is None:
         return None
-    p = row.payload
+    p = row["payload"]
     return InventoryItem(
         serial=p["serial"],
         order_hash=p.get("order_hash"),
@@ -132,14 +138,14 @@ def find_inventory(conn: Connection, serial: str) -> InventoryItem | None:
         expiry=date.fromisoformat(p["expiry"]) if p.get("expiry") else None,
         lot=p.get("lot"),
         usage=p.get("usage"),
-        bundle_version=row.bundle_version,
-        valid_until=row.valid_until,
+        bundle_version=row["bundle_version"],
+        valid_until=row["valid_until"],
     )
 
 
 def find_order(conn: Connection, order_hash: str) -> ScheduledOrder | None:
-    row = conn.execute(_ENTRY, {"cache_type": CacheType.SCHEDULE.value, "cache_key": order_hash}).first()
-    return None if row is None else _order(row.payload, row.bundle_version, row.valid_until)
+    row = _entry(conn, CacheType.SCHEDULE, order_hash)
+    return None if row is None else _order(row["payload"], row["bundle_version"], row["valid_until"])
 
 
 def orders_for_day(conn: Connection, site: str, day: date) -> list[ScheduledOrder]:
