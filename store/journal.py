@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Table
 from store import fastsql
 from store.clock import HLC, to_ms
 from store.enums import OperationKind, QueueStatus, RowSyncStatus
+from store.errors import InvalidInput
 from store.fastsql import codec
 from store.models import AuditLog, DeviceState, SyncQueueEntry
 from store.station import Actor, Station
@@ -140,7 +141,7 @@ class Journal:
         """Change fields of an existing row read in this transaction (`before` is its full row)."""
         changed = {k: v for k, v in changes.items() if before.get(k) != v}
         if not changed:
-            raise ValueError(f"{action}: nothing changes")
+            raise InvalidInput("Nothing was changed: the record is already saved this way.")
         hlc = self._tick()
         meta = {
             "local_version": before["local_version"] + 1,

@@ -432,3 +432,10 @@ def test_hybrid_clock_orders_changes_when_the_wall_clock_jumps_back(station: Sta
     scan(station, treatment_id, "DART-9000-00001")
     stamps = [e["hlc"] for e in _queue(station)]
     assert stamps == sorted(stamps) and stamps[0] != stamps[1]
+
+
+def test_saving_the_same_form_twice_says_nothing_changed(station: Station) -> None:
+    applicator = scan(station, insertion(station), "DART-9000-00001")
+    update_details(station, NURSE, applicator_id=applicator["id"], comment="kinked tip")
+    with pytest.raises(InvalidInput, match="Nothing was changed"):
+        update_details(station, NURSE, applicator_id=applicator["id"], comment="kinked tip")
