@@ -27,6 +27,7 @@ class TableCodec:
         self.columns = tuple(c.name for c in table.columns)
         self._bind: dict[str, Processor] = {}
         self._result: dict[str, Processor] = {}
+        self._by_names: dict[tuple[tuple[str, ...], int], list[Processor]] = {}
         for column in table.columns:
             impl = column.type.dialect_impl(_DIALECT)
             self._bind[column.name] = impl.bind_processor(_DIALECT)
@@ -36,17 +37,28 @@ class TableCodec:
         processor = self._bind[name]
         return value if processor is None or value is None else processor(value)
 
-    def decode(self, names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name, value in zip(names, row, strict=True):
-            processor = self._result.get(name)
-            out[name] = value if processor is None or value is None else processor(value)
-        return out
+    def decode(self, names: tuple[str, ...], row: Sequence[Any]) -> dict[str, Any]:
+        processors = self._processors(names, self._result)
+        return {
+            name: value if processor is None or value is None else processor(value)
+            for name, processor, value in zip(names, processors, row, strict=True)
+        }
 
     def insert(self, conn: Connection, values: Mapping[str, Any]) -> None:
         names = tuple(values)
-        sql = _insert_sql(self.table.name, names)
-        _driver(conn).execute(sql, [self.bind(n, values[n]) for n in names])
+        processors = self._processors(names, self._bind)
+        params = [
+            value if processor is None or value is None else processor(value)
+            for processor, value in zip(processors, values.values(), strict=True)
+        ]
+        _driver(conn).execute(_insert_sql(self.table.name, names), params)
+
+    def _processors(self, names: tuple[str, ...], table: dict[str, Processor]) -> list[Processor]:
+        key = (names, id(table))
+        found = self._by_names.get(key)
+        if found is None:
+            found = self._by_names[key] = [table[name] for name in names]
+        return found
 
     def update(self, conn: Connection, record_id: Any, values: Mapping[str, Any]) -> None:
         names = tuple(values)

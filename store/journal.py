@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Table
@@ -110,12 +110,13 @@ class Journal:
         codec(table).insert(self.conn, record)
         depends_on = self._open_ops(after)
         payload = _payload(record)
+        # An insert has no base values: its payload is the whole change.
         op_id = self._enqueue(
             table.name,
             record["id"],
             OperationKind.INSERT,
             payload,
-            {k: [None, v] for k, v in payload.items()},
+            {},
             base_version=None,
             hlc=hlc,
             priority=priority,
@@ -147,7 +148,9 @@ class Journal:
             "local_version": before["local_version"] + 1,
             "sync_status": RowSyncStatus.PENDING.value,
             "hlc": hlc,
-            "updated_at": self.now,
+            # Always forward, so the database's own updated_at trigger (for writes that forget it)
+            # never replaces the value the queue entry and the audit entry carry.
+            "updated_at": max(self.now, before["updated_at"] + timedelta(microseconds=1)),
         }
         codec(table).update(self.conn, before["id"], {**changed, **meta})
         record = {**before, **changed, **meta}

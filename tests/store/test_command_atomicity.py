@@ -237,7 +237,11 @@ def test_command_writes_change_queue_and_audit_together(
         record = _record(station, entry["table_name"], entry["record_id"])
         assert record["hlc"] == entry["hlc"], "the queue entry carries the record's last change"
         assert entry["payload"]["id"] == record["id"]
-        assert set(entry["changed_fields"]) == set(event["new_values"])
+        if entry["kind"] == "insert":
+            assert entry["changed_fields"] == {} and event["new_values"] == entry["payload"]
+        else:
+            assert set(entry["changed_fields"]) == set(event["new_values"])
+        assert record["updated_at"].isoformat() == entry["payload"]["updated_at"], "no trigger overwrote it"
     assert verify_audit_chain(audit) is None
 
 
