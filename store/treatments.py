@@ -125,20 +125,11 @@ def start_removal(
                 f"This removal is {elapsed} days after the insertion; {low} to {high} days are expected. "
                 "Confirm that this is the right patient and insertion."
             )
-        values = {
+        values = _same_patient(insertion) | {
             "id": journal.new_id(),
             "type": TreatmentType.REMOVAL.value,
-            "indication": insertion["indication"],
-            "subject_id_enc": insertion["subject_id_enc"],
-            "subject_hash": insertion["subject_hash"],
-            "patient_label_enc": insertion["patient_label_enc"],
-            "order_hashes": list(insertion["order_hashes"]),
-            "needs_reconciliation": insertion["needs_reconciliation"],
-            "site": insertion["site"],
             "date": day,
             "surgeon": insertion["surgeon"],
-            "planned_seeds": insertion["planned_seeds"],
-            "activity_per_seed": insertion["activity_per_seed"],
             "insertion_treatment_id": insertion_id,
             "started_by": actor.user_id,
             "started_at": journal.now,
@@ -173,21 +164,7 @@ def start_continuation(
                 "start a new insertion instead.",
                 field="parent",
             )
-        values = {
-            key: parent[key]
-            for key in (
-                "indication",
-                "subject_id_enc",
-                "subject_hash",
-                "patient_label_enc",
-                "order_hashes",
-                "needs_reconciliation",
-                "site",
-                "planned_seeds",
-                "activity_per_seed",
-            )
-        }
-        values |= {
+        values = _same_patient(parent) | {
             "id": journal.new_id(),
             "type": TreatmentType.INSERTION.value,
             "date": station.local_today(),
@@ -288,6 +265,24 @@ def treatment_summary(station: Station, treatment: RowMapping | dict[str, Any]) 
 
 
 # --- helpers ----------------------------------------------------------------------------------
+_PATIENT_FIELDS = (
+    "indication",
+    "subject_id_enc",
+    "subject_hash",
+    "patient_label_enc",
+    "order_hashes",
+    "needs_reconciliation",
+    "site",
+    "planned_seeds",
+    "activity_per_seed",
+)
+
+
+def _same_patient(treatment: RowMapping) -> dict[str, Any]:
+    """What a removal or a continuation takes from its insertion: the patient, the site, the plan."""
+    return {key: treatment[key] for key in _PATIENT_FIELDS}
+
+
 def _require_day_near(station: Station, day: date) -> None:
     today = station.local_today()
     if abs((day - today).days) > 1:
