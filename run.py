@@ -1,6 +1,6 @@
 """Entry point: `python run.py station | cloud` or, with no argument, the demo.
 
-Only the station exists so far; the cloud (issue 3) and the demo (issue 4) say so and exit.
+The demo (issue 4) says it is not built yet and exits.
 """
 
 import argparse
@@ -16,8 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "station":
         return run_station(data_dir=args.data_dir, port=args.port)
-    what = "The cloud service" if args.command == "cloud" else "The demo (fake Priority, cloud and station)"
-    print(f"{what} is not built yet. Run the station with: python run.py station", file=sys.stderr)
+    if args.command == "cloud":
+        return run_cloud(host=args.host, port=args.port)
+    print(
+        "The demo (fake Priority, cloud and station together) is not built yet. "
+        "Run the station with: python run.py station",
+        file=sys.stderr,
+    )
     return 2
 
 
@@ -32,13 +37,29 @@ def run_station(*, data_dir: Path, port: int) -> int:
     return 0
 
 
+def run_cloud(*, host: str, port: int) -> int:
+    import uvicorn
+
+    from cloud.app import create_app
+    from cloud.config import CloudSettings
+    from cloud.migrate import upgrade
+
+    settings = CloudSettings.from_env()
+    if settings.owner_database_url:
+        upgrade(settings.owner_database_url)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run.py", description="Alpha DaRT treatment tracker")
     commands = parser.add_subparsers(dest="command")
     station = commands.add_parser("station", help="the OR station (local browser app, SQLite, offline-first)")
     station.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where station.db lives")
     station.add_argument("--port", type=int, default=DEFAULT_PORT)
-    commands.add_parser("cloud", help="the cloud service (not built yet)")
+    cloud = commands.add_parser("cloud", help="the cloud service (FastAPI on PostgreSQL; DATABASE_URL)")
+    cloud.add_argument("--host", default=os.environ.get("DART_CLOUD_HOST", "127.0.0.1"))
+    cloud.add_argument("--port", type=int, default=int(os.environ.get("DART_CLOUD_PORT", "8090")))
     return parser
 
 

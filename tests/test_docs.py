@@ -1,5 +1,6 @@
 """The README's promises: its first two commands exist and CI runs exactly its test command."""
 
+import os
 import re
 import subprocess
 import sys
@@ -26,12 +27,17 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 
 def test_run_py_says_what_is_not_built_yet() -> None:
-    for argv in (["cloud"], []):
-        done = subprocess.run(
-            [sys.executable, "run.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60
-        )
-        assert done.returncode == 2
-        assert "not built yet" in done.stderr
+    done = subprocess.run([sys.executable, "run.py"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "not built yet" in done.stderr
+
+
+def test_cloud_refuses_to_start_without_its_database() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    done = subprocess.run(
+        [sys.executable, "run.py", "cloud"], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode != 0 and "DATABASE_URL" in done.stderr
 
 
 def test_every_benchmark_is_documented() -> None:

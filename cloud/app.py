@@ -1,0 +1,101 @@
+"""The cloud service: a FastAPI app over PostgreSQL. Stateless: add workers behind a load balancer."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import Engine, select, text
+
+from cloud.config import CloudSettings
+from cloud.db import make_engine
+from cloud.routes import auth, devices, sync
+from cloud.schema import priority_refresh
+
+API_PREFIX = "/api/v1"
+
+
+class TimeReply(BaseModel):
+    server_time: datetime  # UTC: stations measure their clock offset against it
+
+
+class HealthReply(BaseModel):
+    status: str
+    database: str
+    priority_last_refresh: datetime | None
+    priority_age_s: float | None
+    priority_last_error: str | None
+
+
+def create_app(settings: CloudSettings, *, engine: Engine | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.engine = engine or make_engine(settings.database_url)
+        app.state.settings = settings
+        try:
+            yield
+        finally:
+            if engine is None:
+                app.state.engine.dispose()
+
+    app = FastAPI(title="DaRT cloud", version="1", lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, _invalid_input)
+    app.include_router(auth.router, prefix=f"{API_PREFIX}/auth", tags=["auth"])
+    app.include_router(devices.router, prefix=f"{API_PREFIX}/devices", tags=["devices"])
+    app.include_router(sync.router, prefix=f"{API_PREFIX}/sync", tags=["sync"])
+
+    @app.get("/health", response_model=HealthReply)
+    def health(request: Request) -> HealthReply:
+        """The database, and how old the last Priority refresh is."""
+        return _health(request.app.state.engine)
+
+    @app.get(f"{API_PREFIX}/time", response_model=TimeReply)
+    def server_time() -> TimeReply:
+        """The server's clock, in UTC."""
+        return TimeReply(server_time=datetime.now(UTC))
+
+    return app
+
+
+def _health(engine: Engine) -> HealthReply:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            refresh = conn.execute(select(priority_refresh)).first()
+    except Exception as exc:
+        return HealthReply(
+            status="degraded",
+            database=f"unreachable: {type(exc).__name__}",
+            priority_last_refresh=None,
+            priority_age_s=None,
+            priority_last_error=None,
+        )
+    last = refresh.last_success_at if refresh else None
+    return HealthReply(
+        status="ok",
+        database="ok",
+        priority_last_refresh=last,
+        priority_age_s=(datetime.now(UTC) - last).total_seconds() if last else None,
+        priority_last_error=refresh.last_error if refresh else None,
+    )
+
+
+async def _invalid_input(_request: Request, exc: Exception) -> JSONResponse:
+    # One readable line per problem, with where it is, instead of pydantic's raw structure alone.
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        f"{'.'.join(str(p) for p in error.get('loc', ()) if p != 'body') or 'request'}: {error.get('msg')}"
+        for error in exc.errors()
+    ]
+    return JSONResponse(
+        status_code=422, content={"detail": "; ".join(problems), "errors": jsonable(exc.errors())}
+    )
+
+
+def jsonable(errors: object) -> object:
+    from fastapi.encoders import jsonable_encoder
+
+    return jsonable_encoder(errors, custom_encoder={Exception: str})

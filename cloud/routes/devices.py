@@ -1,0 +1,5 @@
+"""Routes: devices (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""Routes: sync (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
