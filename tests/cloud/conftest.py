@@ -33,3 +33,23 @@ def app_engine(cloud_db: CloudDatabase) -> Iterator[Engine]:
     engine = make_engine(cloud_db.app_url, pool_size=2)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def owner_engine(cloud_db: CloudDatabase) -> Iterator[Engine]:
+    """The owner's connection, for test set-up only (sites, devices, users)."""
+    engine = make_engine(cloud_db.owner_url, pool_size=2)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def cloud_url(cloud_db: CloudDatabase, app_engine: Engine) -> Iterator[str]:
+    """The cloud app served over real HTTP on loopback, connected as the service role."""
+    from cloud.app import create_app
+    from cloud.config import CloudSettings
+    from tests.utils.servers import serve
+
+    settings = CloudSettings(database_url=cloud_db.app_url)
+    with serve(create_app(settings, engine=app_engine)) as url:
+        yield url
