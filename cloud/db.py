@@ -18,6 +18,13 @@ class SiteScope:
     def everything(cls) -> "SiteScope":
         return cls(all_sites=True)
 
+    def __post_init__(self) -> None:
+        # The site list travels as one comma-separated setting: a comma inside a code would grant
+        # a second site.
+        bad = [site for site in self.sites if "," in site or not site.strip()]
+        if bad:
+            raise ValueError(f"invalid site code(s) {bad!r}: site codes cannot contain commas or be empty")
+
     def allows(self, site: str) -> bool:
         return self.all_sites or site in self.sites
 

@@ -208,7 +208,7 @@ op_ledger = Table(
 conflicts = Table(
     "conflicts",
     cloud_metadata,
-    Column("id", String(36), primary_key=True),
+    Column("id", String(36), nullable=False),
     Column("site", String(64), nullable=False),
     Column("table_name", String(32), nullable=False),
     Column("record_id", String(36), nullable=False),
@@ -228,17 +228,19 @@ conflicts = Table(
     CheckConstraint("status IN ('open', 'resolved', 'auto_resolved')", name="status_valid"),
     CheckConstraint("NOT is_safety OR status <> 'auto_resolved'", name="safety_held_for_person"),
     Index("ix_conflicts_site_status", "site", "status"),
+    PrimaryKeyConstraint("site", "id"),
 )
 
 incidents = Table(
     "incidents",
     cloud_metadata,
-    Column("id", String(36), primary_key=True),
+    Column("id", String(36), nullable=False),
     Column("site", String(64), nullable=False),
     Column("kind", String(32), nullable=False),
     Column("record_id", String(36)),
     Column("details", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     _now(),
+    PrimaryKeyConstraint("site", "id"),
 )
 
 audit_events = Table(
@@ -290,7 +292,7 @@ priority_refresh = Table(
 writeback_queue = Table(
     "writeback_queue",
     cloud_metadata,
-    Column("id", String(36), primary_key=True),
+    Column("id", String(36), nullable=False),
     Column("site", String(64), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("payload", JSONB, nullable=False),
@@ -300,4 +302,5 @@ writeback_queue = Table(
     Column("done_at", DateTime(timezone=True)),
     _now(),
     CheckConstraint("kind IN ('applicator', 'order_status')", name="kind_valid"),
+    PrimaryKeyConstraint("site", "id"),
 )

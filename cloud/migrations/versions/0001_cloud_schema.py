@@ -120,7 +120,7 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "status IN ('open', 'resolved', 'auto_resolved')", name=op.f("ck_conflicts_status_valid")
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_conflicts")),
+        sa.PrimaryKeyConstraint("site", "id", name=op.f("pk_conflicts")),
     )
     op.create_index("ix_conflicts_site_status", "conflicts", ["site", "status"], unique=False)
     op.create_table(
@@ -160,7 +160,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_incidents")),
+        sa.PrimaryKeyConstraint("site", "id", name=op.f("pk_incidents")),
     )
     op.create_table(
         "op_ledger",
@@ -287,7 +287,7 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "kind IN ('applicator', 'order_status')", name=op.f("ck_writeback_queue_kind_valid")
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_writeback_queue")),
+        sa.PrimaryKeyConstraint("site", "id", name=op.f("pk_writeback_queue")),
     )
     op.create_table(
         "login_codes",

@@ -60,7 +60,13 @@ def upgrade() -> None:
     op.execute(f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}")
     for table in (*HOSPITAL_TABLES, *IDENTITY_TABLES):
         op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE}")
-    op.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}")
+    # No sequence privilege: identity columns need none, and reading a sequence would tell any
+    # caller every hospital's activity volume. No temporary tables: one created in a request would
+    # shadow a real table for the next request on the same pooled connection.
+    op.execute(
+        "DO $$ BEGIN EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database()); "
+        "END $$"
+    )
     for table in HOSPITAL_TABLES:
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
         op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
@@ -68,6 +74,8 @@ def upgrade() -> None:
     # The audit trail and the ledger are append-only for the service.
     op.execute(f"REVOKE UPDATE, DELETE ON audit_events FROM {APP_ROLE}")
     op.execute(f"REVOKE DELETE ON op_ledger, change_log FROM {APP_ROLE}")
+    # Pull history is never rewritten (invariant 4); the ledger's result is written once, by the push.
+    op.execute(f"REVOKE UPDATE ON change_log FROM {APP_ROLE}")
     op.execute(
         "CREATE FUNCTION forbid_audit_change() RETURNS trigger LANGUAGE plpgsql AS $$ "
         "BEGIN RAISE EXCEPTION 'audit_events is append-only'; END $$"
@@ -94,3 +102,6 @@ def downgrade() -> None:
     op.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {APP_ROLE}")
     op.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {APP_ROLE}")
     op.execute(f"REVOKE USAGE ON SCHEMA public FROM {APP_ROLE}")
+    op.execute(
+        "DO $$ BEGIN EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO PUBLIC', current_database()); END $$"
+    )
