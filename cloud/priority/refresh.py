@@ -46,6 +46,8 @@ def refresh(engine: Engine, client: PriorityClient, cipher: PatientCipher, *, to
         _record(engine, attempted=now, error=f"{type(exc).__name__}: {exc}")
         return RefreshReport(ok=False, error=str(exc))
     lists = bundle_lists(orders, staff, site_rows, context=context)
+    # Where each serial sits in Priority, for the write-back of its use (not sent to stations).
+    lines = {a.serial.upper(): (o.name, a.kline) for o in orders for a in o.applicators if a.serial}
     with scoped_transaction(engine, SiteScope.everything()) as conn:
         for site in site_rows:
             conn.execute(
@@ -60,9 +62,8 @@ def refresh(engine: Engine, client: PriorityClient, cipher: PatientCipher, *, to
             )
         conn.execute(delete(priority_applicators))
         if lists.inventory:
-            conn.execute(
-                insert(priority_applicators), [_applicator_row(item, now) for item in lists.inventory]
-            )
+            rows = [_applicator_row(item, lines.get(item["serial"]), now) for item in lists.inventory]
+            conn.execute(insert(priority_applicators), rows)
         _upsert_users(conn, lists.users, now)
         _record_in(conn, attempted=now, succeeded=now, error=None)
     return RefreshReport(
@@ -84,12 +85,13 @@ def _order_row(entry: dict[str, Any], cipher: PatientCipher, now: datetime) -> d
     }
 
 
-def _applicator_row(item: dict[str, Any], now: datetime) -> dict[str, Any]:
+def _applicator_row(item: dict[str, Any], line: tuple[str, int] | None, now: datetime) -> dict[str, Any]:
+    order, kline = line or (None, None)
     return {
         "site": item["site"],
         "serial": item["serial"],
         "order_name": item.get("order_name"),
-        "data": item,
+        "data": {**item, "priority_order": order, "kline": kline},
         "refreshed_at": now,
     }
 
