@@ -47,7 +47,8 @@ def run_cloud(*, host: str, port: int) -> int:
     settings = CloudSettings.from_env()
     if settings.owner_database_url:
         upgrade(settings.owner_database_url)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    run_jobs = os.environ.get("DART_RUN_JOBS", "1") == "1"
+    uvicorn.run(create_app(settings, run_jobs=run_jobs), host=host, port=port, log_level="info")
     return 0
 
 

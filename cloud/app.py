@@ -12,6 +12,7 @@ from sqlalchemy import Engine, select, text
 
 from cloud.config import CloudSettings
 from cloud.db import make_engine
+from cloud.jobs import start_jobs
 from cloud.routes import auth, devices, sync
 from cloud.schema import priority_refresh
 
@@ -30,14 +31,17 @@ class HealthReply(BaseModel):
     priority_last_error: str | None
 
 
-def create_app(settings: CloudSettings, *, engine: Engine | None = None) -> FastAPI:
+def create_app(settings: CloudSettings, *, engine: Engine | None = None, run_jobs: bool = False) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = engine or make_engine(settings.database_url)
         app.state.settings = settings
+        scheduler = start_jobs(app.state.engine, settings) if run_jobs else None
         try:
             yield
         finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)
             if engine is None:
                 app.state.engine.dispose()
 
