@@ -16,6 +16,7 @@ class CloudSettings:
     data_key_file: Path = Path("data/cloud/data.key")
     session_hours: int = 12
     bundle_days: int = 7
+    pin_grace_days: int = 7  # how long a PIN set at an online login opens the station offline
 
     @classmethod
     def from_env(cls) -> "CloudSettings":
@@ -34,4 +35,5 @@ class CloudSettings:
             priority_password=env.get("PRIORITY_PASSWORD", ""),
             code_sender=env.get("CODE_SENDER", "console"),
             data_key_file=Path(env.get("CLOUD_DATA_KEY_FILE", "data/cloud/data.key")),
+            pin_grace_days=int(env.get("PIN_GRACE_DAYS", "7")),
         )
