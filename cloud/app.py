@@ -3,6 +3,7 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +18,24 @@ from cloud.routes import auth, devices, sync
 from cloud.schema import priority_refresh
 
 API_PREFIX = "/api/v1"
+
+
+class Problem(BaseModel):
+    """Every 4xx: `detail` says what is wrong in words; validation errors also list each problem."""
+
+    detail: str | list[dict[str, Any]]
+    errors: list[dict[str, Any]] | None = None
+
+
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "the body is not valid JSON"},
+    401: {"model": Problem, "description": "missing, expired or revoked credential"},
+    403: {"model": Problem, "description": "not allowed for this caller"},
+    404: {"model": Problem, "description": "no such resource"},
+    409: {"model": Problem, "description": "conflicts with the current state"},
+    422: {"model": Problem, "description": "invalid input, with one line per problem"},
+    429: {"model": Problem, "description": "too many requests"},
+}
 
 
 class TimeReply(BaseModel):
@@ -47,9 +66,9 @@ def create_app(settings: CloudSettings, *, engine: Engine | None = None, run_job
 
     app = FastAPI(title="DaRT cloud", version="1", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, _invalid_input)
-    app.include_router(auth.router, prefix=f"{API_PREFIX}/auth", tags=["auth"])
-    app.include_router(devices.router, prefix=f"{API_PREFIX}/devices", tags=["devices"])
-    app.include_router(sync.router, prefix=f"{API_PREFIX}/sync", tags=["sync"])
+    app.include_router(auth.router, prefix=f"{API_PREFIX}/auth", tags=["auth"], responses=PROBLEMS)
+    app.include_router(devices.router, prefix=f"{API_PREFIX}/devices", tags=["devices"], responses=PROBLEMS)
+    app.include_router(sync.router, prefix=f"{API_PREFIX}/sync", tags=["sync"], responses=PROBLEMS)
 
     @app.get("/health", response_model=HealthReply)
     def health(request: Request) -> HealthReply:
