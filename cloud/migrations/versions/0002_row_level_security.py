@@ -76,6 +76,20 @@ def upgrade() -> None:
     op.execute(f"REVOKE DELETE ON op_ledger, change_log FROM {APP_ROLE}")
     # Pull history is never rewritten (invariant 4); the ledger's result is written once, by the push.
     op.execute(f"REVOKE UPDATE ON change_log FROM {APP_ROLE}")
+    # The ledger row is claimed with no result and the result is written once: a retry however
+    # late must get the original answer, so nothing may rewrite it afterwards.
+    op.execute(
+        "CREATE FUNCTION op_ledger_result_once() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN IF COALESCE(OLD.result, 'null'::jsonb) <> 'null'::jsonb "
+        "OR NEW.device_id <> OLD.device_id OR NEW.op_id <> OLD.op_id "
+        "OR NEW.site <> OLD.site THEN RAISE EXCEPTION 'op_ledger results are written once' "
+        "USING ERRCODE = 'insufficient_privilege'; END IF; "
+        "RETURN NEW; END $$"
+    )
+    op.execute(
+        "CREATE TRIGGER op_ledger_result_once BEFORE UPDATE ON op_ledger "
+        "FOR EACH ROW EXECUTE FUNCTION op_ledger_result_once()"
+    )
     op.execute(
         "CREATE FUNCTION forbid_audit_change() RETURNS trigger LANGUAGE plpgsql AS $$ "
         "BEGIN RAISE EXCEPTION 'audit_events is append-only'; END $$"
@@ -94,6 +108,8 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER audit_events_no_truncate ON audit_events")
     op.execute("DROP TRIGGER audit_events_append_only ON audit_events")
     op.execute("DROP FUNCTION forbid_audit_change()")
+    op.execute("DROP TRIGGER op_ledger_result_once ON op_ledger")
+    op.execute("DROP FUNCTION op_ledger_result_once()")
     for table in HOSPITAL_TABLES:
         op.execute(f"DROP POLICY {table}_by_site ON {table}")
         op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
