@@ -192,6 +192,36 @@ class Journal:
         """An audited event that changes no clinical record (a bundle installed, a login)."""
         self._audit(action, table, record_id, None, old=None, new=new, reason=reason)
 
+    def remote_write(
+        self,
+        table: Table,
+        values: Mapping[str, Any],
+        *,
+        before: Mapping[str, Any] | None,
+        action: str,
+        old: dict[str, Any] | None,
+        new: dict[str, Any] | None,
+    ) -> None:
+        """Write a change that came from the cloud: audited like every change, but never queued.
+
+        The cloud already holds it; a queue entry would send it back as a new operation. `values`
+        is the whole row for an insert (`before` None) or the changed columns of `before`'s row.
+        """
+        if before is None:
+            codec(table).insert(self.conn, values)
+            record_id = values["id"]
+        else:
+            record_id = before["id"]
+            codec(table).update(self.conn, record_id, values)
+            keep_updated_at(self.conn, table, record_id, values.get("updated_at", before["updated_at"]))
+        self._audit(action, table.name, record_id, None, old=old, new=new)
+
+    def observe(self, stamp: str) -> None:
+        """Move this device's clock past a stamp seen from another device, so that its later edits
+        are later by the hybrid logical clock whatever its wall clock says (invariant 8)."""
+        self._hlc = self._hlc.receive(HLC.parse(stamp), to_ms(self.now))
+        self._dirty = True
+
     def open_ops_for_treatment(self, treatment_id: str) -> list[str]:
         """Every unconfirmed operation of a treatment's rows: a finalise must reach the cloud after them."""
         return [row[0] for row in fastsql.execute(self.conn, _OPEN_OPS_OF_TREATMENT, (treatment_id,))]
@@ -290,6 +320,21 @@ class Journal:
                 _SAVE_DEVICE,
                 (self._device_seq, self._audit_seq, self._audit_hash, self._hlc.wall_ms, self._hlc.counter),
             )
+
+
+def keep_updated_at(conn: Connection, table: Table, record_id: str, updated_at: datetime) -> None:
+    """Give a row back the updated_at it should have after an UPDATE that did not change it.
+
+    The touch trigger (store/migrations/guards.py) stamps the wall clock on any UPDATE that leaves
+    updated_at as it was. Sync bookkeeping and the cloud's values are not local edits: they must
+    keep the clinical timestamp (a continuation's 24-hour window is measured from it).
+    """
+    stamp = codec(table).bind("updated_at", updated_at)
+    fastsql.execute(
+        conn,
+        f"UPDATE {table.name} SET updated_at = ? WHERE id = ? AND updated_at IS NOT ?",
+        (stamp, record_id, stamp),
+    )
 
 
 def audit_hash(entry: Mapping[str, Any]) -> str:

@@ -478,4 +478,21 @@ class DeviceState(SQLModel, table=True):
     created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 
+# --- sync_state: where this station stands with the cloud (exactly one row, made by revision 0003)
+# All columns are nullable and the row exists from the migration on, so a station that was never
+# linked to a cloud simply has nothing filled in; only the sync engine (store/remote.py) writes it.
+class SyncState(SQLModel, table=True):
+    __tablename__: ClassVar[str] = "sync_state"
+
+    id: int = Field(default=1, primary_key=True)
+    cloud_url: str | None = Field(default=None)
+    cloud_device_id: str | None = Field(default=None, max_length=64)  # the device the credential names
+    credential_enc: str | None = Field(default=None)  # the device credential, sealed with the data key
+    pull_cursor: int | None = Field(default=None, sa_type=BigInteger)  # last change_log seq committed here
+    last_attempt_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_sync_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)  # last round that completed
+    last_error: str | None = Field(default=None)  # why the last round did not complete (None: it did)
+    last_bundle_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)  # last bundle installed
+
+
 metadata = SQLModel.metadata

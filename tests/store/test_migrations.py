@@ -394,10 +394,14 @@ def _populate(station: Station, clock: FakeClock) -> None:
 
 
 def _snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every model table (the models' columns only), in key order."""
+    """Every row of every model table (the models' columns only), in key order; a table a later
+    revision than the database's adds is left out."""
     with engine.connect() as conn:
         snapshot = {}
+        present = set(inspect(conn).get_table_names())
         for table in metadata.sorted_tables:
+            if table.name not in present:
+                continue
             columns = ", ".join(c.name for c in table.columns)
             keys = ", ".join(c.name for c in table.primary_key.columns)
             snapshot[table.name] = conn.exec_driver_sql(
@@ -431,7 +435,9 @@ def test_rows_survive_head_to_0001_and_back(populated_station: Path, clock: Fake
         with engine.connect() as conn:
             progress_before = conn.exec_driver_sql("SELECT * FROM treatment_progress ORDER BY 1").all()
         downgrade(engine, "0001")
-        assert _snapshot(engine) == before
+        at_0001 = _snapshot(engine)
+        assert at_0001 == {name: rows for name, rows in before.items() if name in at_0001}
+        assert "treatments" in at_0001 and "sync_state" not in at_0001  # 0003 added it
         _assert_foreign_keys_on_and_intact(engine)
         upgrade(engine, "head")
         assert _snapshot(engine) == before
