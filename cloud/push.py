@@ -1,8 +1,10 @@
 """Applying a station's push: every operation exactly once, field by field, atomically one by one.
 
-A batch runs in ONE transaction scoped to the device's sites; each operation runs inside its own
-SAVEPOINT, so an operation that fails is rolled back alone while the others commit (invariant 6).
-Per operation:
+A batch runs in ONE transaction scoped to the device's sites; an operation that fails is rolled
+back alone while the others commit (invariant 6). Most batches apply whole, so a batch is first
+run without a savepoint per operation (two round trips each); as soon as one operation is refused
+or fails, that run is rolled back and the batch runs again with each operation inside its own
+SAVEPOINT: the answer is the one the savepoints alone would give. Per operation:
 
 1. the ledger: the (device, op_id) row is claimed with INSERT ... ON CONFLICT DO NOTHING; when
    it already exists the stored original result is answered as `duplicate` (invariant 3). The
@@ -13,7 +15,8 @@ Per operation:
 4. insert / update / delete: an insert is checked for one serial in two treatments (invariant 9)
    and re-checked against Priority's inventory; an update is merged field by field with the
    conflict rules of sync/rules.py; a delete is soft;
-5. the result goes into the ledger, and the change into the batch's list for change_log.
+5. the result goes into the batch's list for the ledger (written in one executemany before the
+   change_log rows), and the change into the batch's list for change_log.
 
 The change_log rows of the whole batch are appended last, under a transaction-level advisory lock
 held until commit, so sequence numbers become visible in commit order and a puller paging by seq
@@ -23,10 +26,11 @@ never steps over a change that commits later with a smaller number (invariant 4)
 import logging
 import uuid
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, exists, insert, select, text, update
+from sqlalchemy import Connection, Engine, Table, bindparam, exists, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 
@@ -81,6 +85,85 @@ RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock, serialisation f
 BATCH_ATTEMPTS = 3
 INCIDENT_NAMESPACE = uuid.UUID("6f1c7a52-93b4-4c0e-9a57-2d1f0e4b8c11")
 
+# The statements every operation runs, built once: building one per call (and its cache key) cost
+# more than PostgreSQL took to run it.
+_OTHER = applicators.alias("other")
+_PARENT = treatments.alias("parent")
+_CLAIM = (
+    pg_insert(op_ledger)
+    .values(device_id=bindparam("device_id"), op_id=bindparam("op_id"), site=bindparam("site"), result=None)
+    .on_conflict_do_nothing(index_elements=["device_id", "op_id"])
+    .returning(op_ledger.c.op_id)
+)
+_STORED = select(op_ledger.c.result).where(
+    op_ledger.c.device_id == bindparam("device_id"), op_ledger.c.op_id == bindparam("op_id")
+)
+_STORE_RESULT = (
+    update(op_ledger)
+    .where(op_ledger.c.device_id == bindparam("ledger_device"), op_ledger.c.op_id == bindparam("ledger_op"))
+    .values(result=bindparam("ledger_result"))
+)
+_TREATMENT = select(treatments.c.data).where(
+    treatments.c.site == bindparam("site"), treatments.c.id == bindparam("id")
+)
+_SERIAL_LOCK = text("SELECT pg_advisory_xact_lock(:cls, hashtext(:serial))")
+_LISTED = select(priority_applicators.c.data["usage"].astext).where(
+    priority_applicators.c.site == bindparam("site"), priority_applicators.c.serial == bindparam("serial")
+)
+# One round trip: was any inventory loaded for the site, is the serial listed, and its usage.
+_INVENTORY = select(
+    exists().where(priority_applicators.c.site == bindparam("site")).label("loaded"),
+    exists(_LISTED).label("listed"),
+    _LISTED.scalar_subquery().label("usage"),
+)
+
+
+def _serial_clash_query(scoped: bool) -> Any:
+    query = (
+        select(
+            _OTHER.c.site,
+            _OTHER.c.id,
+            _OTHER.c.treatment_id,
+            _OTHER.c.data["status"].astext.label("status"),
+            _PARENT.c.deleted.label("treatment_deleted"),
+            _PARENT.c.data["is_complete"].astext.label("treatment_complete"),
+        )
+        .select_from(
+            _OTHER.outerjoin(
+                _PARENT, (_PARENT.c.site == _OTHER.c.site) & (_PARENT.c.id == _OTHER.c.treatment_id)
+            )
+        )
+        .where(
+            _OTHER.c.serial_number == bindparam("serial"),
+            ~_OTHER.c.deleted,
+            ~((_OTHER.c.site == bindparam("site")) & (_OTHER.c.id == bindparam("record_id"))),
+        )
+    )
+    if scoped:
+        # Row-level security filters too; saying it lets PostgreSQL use (site, serial_number).
+        query = query.where(_OTHER.c.site.in_(bindparam("sites", expanding=True)))
+    return query
+
+
+_SERIAL_CLASHES = {scoped: _serial_clash_query(scoped) for scoped in (False, True)}
+# Per clinical table: the insert (columns given at execution), the locking read, the write.
+_INSERT = {
+    name: pg_insert(table).on_conflict_do_nothing(index_elements=["site", "id"]).returning(table.c.id)
+    for name, table in TABLES.items()
+}
+_LOCK_RECORD = {
+    name: select(table.c.version, table.c.data, table.c.field_hlc, table.c.deleted)
+    .where(table.c.site == bindparam("record_site"), table.c.id == bindparam("record_id"))
+    .with_for_update()
+    for name, table in TABLES.items()
+}
+_WRITE = {
+    name: update(table)
+    .where(table.c.site == bindparam("record_site"), table.c.id == bindparam("record_id"))
+    .values(updated_at=text("now()"))
+    for name, table in TABLES.items()
+}
+
 
 def push_batch(
     engine: Engine, scope: SiteScope, device_id: str, envelope: PushEnvelope, cipher: PatientCipher
@@ -108,11 +191,21 @@ def append_changes(conn: Connection, rows: list[dict[str, Any]]) -> None:
 def _push_once(
     engine: Engine, scope: SiteScope, device_id: str, envelope: PushEnvelope, cipher: PatientCipher
 ) -> PushReply:
-    with scoped_transaction(engine, scope) as conn:
-        batch = _Batch(conn, scope, device_id, cipher)
-        results = [batch.apply(raw) for raw in envelope.ops]
-        append_changes(conn, batch.changes)
-    return PushReply(results=results)
+    for isolated in (False, True):
+        try:
+            with scoped_transaction(engine, scope) as conn:
+                batch = _Batch(conn, scope, device_id, cipher, isolated=isolated)
+                results = [batch.apply(raw) for raw in envelope.ops]
+                batch.store_results()
+                append_changes(conn, batch.changes)
+            return PushReply(results=results)
+        except _Isolate:
+            continue  # rolled back: run the batch again, each operation in its own savepoint
+    raise AssertionError("unreachable")
+
+
+class _Isolate(Exception):
+    """An operation of a batch run without savepoints was refused or failed."""
 
 
 class _Rejected(Exception):
@@ -151,10 +244,13 @@ class _Batch:
     scope: SiteScope
     device_id: str
     cipher: PatientCipher
+    isolated: bool = True  # each operation in its own savepoint; False: the first refusal raises _Isolate
     changes: list[dict[str, Any]] = field(default_factory=list)
     effective: set[str] = field(default_factory=set)  # ops of this device that took effect
     failed: dict[str, Code] = field(default_factory=dict)  # ops of this batch rejected, and why
     _roles: dict[str, str | None] = field(default_factory=dict)
+    _treatments: set[tuple[str, str]] = field(default_factory=set)  # (site, id) known to exist
+    _results: dict[str, dict[str, Any]] = field(default_factory=dict)  # op_id -> result, not yet written
 
     def apply(self, raw: dict[str, Any]) -> OpResult:
         op, problem = parse_operation(raw)
@@ -162,13 +258,17 @@ class _Batch:
             return self._refuse_malformed(raw, problem)
         try:
             self._admit(op)
-            with self.conn.begin_nested():
+            with self._savepoint():
                 outcome = self._claimed(op)
         except _Rejected as refusal:
+            if not self.isolated:
+                raise _Isolate from refusal
             return self._refuse(op, refusal)
         except DBAPIError as exc:
             if _retryable(exc):
                 raise
+            if not self.isolated:
+                raise _Isolate from exc
             log.exception("op %s from %s could not be stored", op.op_id, self.device_id)
             refusal = _Rejected(
                 Code.STORE_FAILED, f"The cloud could not store this change ({_sqlstate(exc)})."
@@ -181,6 +281,19 @@ class _Batch:
         elif original.code is not None:
             self.failed[op.op_id] = original.code
         return outcome.result
+
+    def store_results(self) -> None:
+        """Write the results of the operations that took effect into their ledger rows, at once."""
+        if self._results:
+            rows = [
+                {"ledger_device": self.device_id, "ledger_op": op_id, "ledger_result": result}
+                for op_id, result in self._results.items()
+            ]
+            self.conn.execute(_STORE_RESULT, rows)
+            self._results.clear()
+
+    def _savepoint(self) -> AbstractContextManager[Any]:
+        return self.conn.begin_nested() if self.isolated else nullcontext()
 
     # --- checks before anything is written ---------------------------------------------------
     def _admit(self, op: Operation) -> None:
@@ -210,19 +323,13 @@ class _Batch:
         A concurrent request carrying the same op waits on the claim until this one commits, then
         finds the stored result: two deliveries never both apply.
         """
-        claimed = self.conn.execute(
-            pg_insert(op_ledger)
-            .values(device_id=self.device_id, op_id=op.op_id, site=op.site, result=None)
-            .on_conflict_do_nothing(index_elements=["device_id", "op_id"])
-            .returning(op_ledger.c.op_id)
-        ).first()
+        key = {"device_id": self.device_id, "op_id": op.op_id}
+        claimed = self.conn.execute(_CLAIM, {**key, "site": op.site}).first()
         if claimed is not None:
             return None
-        stored = self.conn.execute(
-            select(op_ledger.c.result).where(
-                op_ledger.c.device_id == self.device_id, op_ledger.c.op_id == op.op_id
-            )
-        ).scalar()
+        stored = self._results.get(op.op_id)  # the same op earlier in this batch
+        if stored is None:
+            stored = self.conn.execute(_STORED, key).scalar()
         if stored is None:
             # The id was first used for a site this request cannot see: never apply it a second time.
             raise _Rejected(Code.INVALID_OPERATION, "This operation id was already used for another site.")
@@ -249,13 +356,16 @@ class _Batch:
         rejected = [d for d, status in found.items() if status == "rejected"]
         if rejected:
             raise _dependency_rejected(rejected)
+        # Took effect in an earlier batch: a ledger result never changes, so the next op that
+        # depends on them (the rest of a treatment) need not ask again.
+        self.effective.update(found)
 
     # --- insert ------------------------------------------------------------------------------
     def _insert(self, op: Operation) -> _Outcome:
         record = {**without_station_local(op.payload), "id": op.record_id}
         if op.table == "treatments":
             record["site"] = op.site
-        if op.table != "treatments" and self._treatment(op.site, record["treatment_id"]) is None:
+        if op.table != "treatments" and not self._has_treatment(op.site, record["treatment_id"]):
             raise _Rejected(
                 Code.UNKNOWN_TREATMENT,
                 f"The cloud has no treatment {record['treatment_id']} at site {op.site} yet; "
@@ -264,7 +374,6 @@ class _Batch:
         if op.table == "applicators":
             record["serial_number"] = str(record["serial_number"]).strip().upper()
             self._lock_serial(record["serial_number"])
-        table = TABLES[op.table]
         values = {
             "site": op.site,
             "id": op.record_id,
@@ -276,12 +385,7 @@ class _Batch:
             "last_op_id": op.op_id,
             **_columns(op.table, record),
         }
-        inserted = self.conn.execute(
-            pg_insert(table)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=["site", "id"])
-            .returning(table.c.id)
-        ).first()
+        inserted = self.conn.execute(_INSERT[op.table], values).first()
         if inserted is None:
             raise _Rejected(Code.RECORD_EXISTS, f"Record {op.record_id} already exists at site {op.site}.")
         found: list[ConflictInfo] = []
@@ -294,39 +398,20 @@ class _Batch:
 
     def _lock_serial(self, serial: str) -> None:
         # Two laptops' inserts of one serial are checked one after the other: the second sees the first.
-        self.conn.execute(
-            text("SELECT pg_advisory_xact_lock(:cls, hashtext(:serial))"),
-            {"cls": SERIAL_LOCK_CLASS, "serial": serial},
-        )
+        self.conn.execute(_SERIAL_LOCK, {"cls": SERIAL_LOCK_CLASS, "serial": serial})
 
     def _serial_clashes(self, op: Operation, record: dict[str, Any]) -> list[ConflictInfo]:
         """Invariant 9: one serial live in two treatments is a safety conflict on both records."""
-        other = applicators.alias("other")
-        parent = treatments.alias("parent")
-        query = (
-            select(
-                other.c.site,
-                other.c.id,
-                other.c.treatment_id,
-                other.c.data["status"].astext.label("status"),
-                parent.c.deleted.label("treatment_deleted"),
-                parent.c.data["is_complete"].astext.label("treatment_complete"),
-            )
-            .select_from(
-                other.outerjoin(
-                    parent, (parent.c.site == other.c.site) & (parent.c.id == other.c.treatment_id)
-                )
-            )
-            .where(
-                other.c.serial_number == record["serial_number"],
-                ~other.c.deleted,
-                ~((other.c.site == op.site) & (other.c.id == op.record_id)),
-            )
-        )
+        params: dict[str, Any] = {
+            "serial": record["serial_number"],
+            "site": op.site,
+            "record_id": op.record_id,
+        }
         if not self.scope.all_sites:
-            query = query.where(other.c.site.in_(sorted(self.scope.sites)))
+            params["sites"] = sorted(self.scope.sites)
+        query = _SERIAL_CLASHES[not self.scope.all_sites]
         found: list[ConflictInfo] = []
-        for row in self.conn.execute(query):
+        for row in self.conn.execute(query, params):
             if not _clash(row, op.site, record):
                 continue
             rule = (
@@ -354,19 +439,14 @@ class _Batch:
     ) -> list[ConflictInfo]:
         """The cloud re-checks every scan against Priority's inventory as last refreshed."""
         serial = record["serial_number"]
-        loaded = self.conn.execute(select(exists().where(priority_applicators.c.site == op.site))).scalar()
-        if not loaded:
+        inventory = self.conn.execute(_INVENTORY, {"site": op.site, "serial": serial}).one()
+        if not inventory.loaded:
             notes.append(
                 f"Not re-checked against Priority: no inventory has been loaded for site {op.site} yet."
             )
             return []
-        listed = self.conn.execute(
-            select(priority_applicators.c.data["usage"].astext).where(
-                priority_applicators.c.site == op.site, priority_applicators.c.serial == serial
-            )
-        ).first()
-        usage = listed[0] if listed is not None else None
-        if listed is None:
+        usage = inventory.usage
+        if not inventory.listed:
             rule, message = "not_in_inventory", f"{serial} is not in Priority's inventory of {op.site}."
         elif (usage or "").strip().lower() in USED_IN_PRIORITY:
             rule, message = "used_in_priority", f"Priority records {serial} as used ({usage})."
@@ -420,11 +500,8 @@ class _Batch:
         return _Outcome(_result(op, version, [], []), [self._change(op, version)])
 
     def _lock_record(self, op: Operation) -> Any:
-        table = TABLES[op.table]
         row = self.conn.execute(
-            select(table.c.version, table.c.data, table.c.field_hlc, table.c.deleted)
-            .where(table.c.site == op.site, table.c.id == op.record_id)
-            .with_for_update()
+            _LOCK_RECORD[op.table], {"record_site": op.site, "record_id": op.record_id}
         ).first()
         if row is None:
             raise _Rejected(
@@ -457,19 +534,18 @@ class _Batch:
     def _write(
         self, op: Operation, version: int, record: dict[str, Any], field_hlc: dict[str, Any], deleted: bool
     ) -> int:
-        table = TABLES[op.table]
         self.conn.execute(
-            update(table)
-            .where(table.c.site == op.site, table.c.id == op.record_id)
-            .values(
-                version=version,
-                data=seal_record(record, self.cipher),
-                field_hlc=field_hlc,
-                deleted=deleted,
-                last_op_id=op.op_id,
-                updated_at=text("now()"),
+            _WRITE[op.table],
+            {
+                "record_site": op.site,
+                "record_id": op.record_id,
+                "version": version,
+                "data": seal_record(record, self.cipher),
+                "field_hlc": field_hlc,
+                "deleted": deleted,
+                "last_op_id": op.op_id,
                 **_columns(op.table, record),
-            )
+            },
         )
         return version
 
@@ -547,11 +623,8 @@ class _Batch:
         )
 
     def _store_result(self, op: Operation, result: OpResult) -> None:
-        self.conn.execute(
-            update(op_ledger)
-            .where(op_ledger.c.device_id == self.device_id, op_ledger.c.op_id == op.op_id)
-            .values(result=_stored(result))
-        )
+        # Written with the batch's others by store_results; the claim holds the row until then.
+        self._results[op.op_id] = _stored(result)
 
     def _refuse(self, op: Operation, refusal: _Rejected) -> OpResult:
         result = OpResult(op_id=op.op_id, status="rejected", code=refusal.code, message=refusal.message)
@@ -603,10 +676,17 @@ class _Batch:
     def _treatment(self, site: str, treatment_id: Any) -> dict[str, Any] | None:
         if not treatment_id:
             return None
-        data = self.conn.execute(
-            select(treatments.c.data).where(treatments.c.site == site, treatments.c.id == str(treatment_id))
-        ).scalar()
-        return data
+        return self.conn.execute(_TREATMENT, {"site": site, "id": str(treatment_id)}).scalar()
+
+    def _has_treatment(self, site: str, treatment_id: Any) -> bool:
+        """Whether the cloud has the treatment; asked once per treatment and batch (rows are never
+        removed: a deleted treatment is a flag)."""
+        key = (site, str(treatment_id))
+        if key not in self._treatments:
+            if self._treatment(site, treatment_id) is None:
+                return False
+            self._treatments.add(key)
+        return True
 
     def _role_of(self, user_id: Any) -> str | None:
         if user_id is None:
