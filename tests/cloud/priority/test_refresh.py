@@ -1,45 +1,19 @@
 """The cloud's copy of Priority: refreshed whole, patient labels encrypted, kept when Priority is down."""
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import Engine, func, select
 
-from cloud.cipher import load_cipher
 from cloud.db import SiteScope, scoped_transaction
 from cloud.priority.adapter import PriorityClient
-from cloud.priority.fake import DEFAULT_PASSWORD, SERVICE_ROOT, create_fake_priority
 from cloud.priority.fixtures import build_fixtures
 from cloud.priority.refresh import refresh
 from cloud.schema import priority_applicators, priority_orders, priority_refresh, sites, users
 from store.crypto import PatientCipher
 from tests.utils.data import TODAY
-from tests.utils.servers import serve
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def fake() -> FastAPI:
-    return create_fake_priority(build_fixtures(TODAY))
-
-
-@pytest.fixture
-def priority(fake: FastAPI) -> Iterator[PriorityClient]:
-    with (
-        serve(fake) as url,
-        PriorityClient(
-            url + SERVICE_ROOT, username="priority", password=DEFAULT_PASSWORD, timeout=5, backoff_s=0.01
-        ) as client,
-    ):
-        yield client
-
-
-@pytest.fixture
-def cipher(tmp_path) -> PatientCipher:
-    return load_cipher(tmp_path / "cloud.key")
 
 
 def _count(engine: Engine, table) -> int:
@@ -48,9 +22,9 @@ def _count(engine: Engine, table) -> int:
 
 
 def test_refresh_copies_priority_with_patients_encrypted(
-    app_engine: Engine, priority: PriorityClient, cipher: PatientCipher
+    app_engine: Engine, priority_client: PriorityClient, cloud_cipher: PatientCipher
 ) -> None:
-    report = refresh(app_engine, priority, cipher, today=TODAY)
+    report = refresh(app_engine, priority_client, cloud_cipher, today=TODAY)
     assert report.ok and report.orders > 0 and report.users > 0
     assert _count(app_engine, priority_applicators) == report.applicators > 1500
     assert _count(app_engine, priority_orders) == report.orders
@@ -64,12 +38,16 @@ def test_refresh_copies_priority_with_patients_encrypted(
 
 
 def test_priority_down_keeps_the_last_copy_and_says_so(
-    app_engine: Engine, priority: PriorityClient, fake: FastAPI, cipher: PatientCipher, cloud_url: str
+    app_engine: Engine,
+    priority_client: PriorityClient,
+    fake_priority: FastAPI,
+    cloud_cipher: PatientCipher,
+    cloud_url: str,
 ) -> None:
-    assert refresh(app_engine, priority, cipher, today=TODAY).ok
+    assert refresh(app_engine, priority_client, cloud_cipher, today=TODAY).ok
     before = _count(app_engine, priority_applicators)
-    fake.state.down = True
-    report = refresh(app_engine, priority, cipher, today=TODAY)
+    fake_priority.state.down = True
+    report = refresh(app_engine, priority_client, cloud_cipher, today=TODAY)
     assert not report.ok and report.error
     assert _count(app_engine, priority_applicators) == before
     with app_engine.connect() as conn:
@@ -80,13 +58,13 @@ def test_priority_down_keeps_the_last_copy_and_says_so(
 
 
 def test_staff_dropped_by_priority_lose_access(
-    app_engine: Engine, priority: PriorityClient, fake: FastAPI, cipher: PatientCipher
+    app_engine: Engine, priority_client: PriorityClient, fake_priority: FastAPI, cloud_cipher: PatientCipher
 ) -> None:
-    refresh(app_engine, priority, cipher, today=TODAY)
-    phonebook = fake.state.data.phonebook
+    refresh(app_engine, priority_client, cloud_cipher, today=TODAY)
+    phonebook = fake_priority.state.data.phonebook
     leaver = next(row["EMAIL"] for row in phonebook if row["POSITIONCODE"] != 99).lower()
     phonebook[:] = [row for row in phonebook if row["EMAIL"].lower() != leaver]
-    assert refresh(app_engine, priority, cipher, today=TODAY).ok
+    assert refresh(app_engine, priority_client, cloud_cipher, today=TODAY).ok
     with app_engine.connect() as conn:
         active = conn.execute(select(users.c.is_active).where(users.c.id == leaver)).scalar_one()
     assert active is False
