@@ -135,8 +135,8 @@ class PushRequest(BaseModel):
 class PushEnvelope(BaseModel):
     """What the cloud accepts: the envelope is checked whole, each operation on its own."""
 
-    protocol: int
-    device_seq_high: int | None = Field(default=None, ge=0)
+    protocol: int = Field(strict=True)  # `true` is not version 1
+    device_seq_high: int | None = Field(default=None, ge=0, strict=True)
     ops: list[dict[str, Any]] = Field(max_length=MAX_OPS_PER_PUSH)
 
     @field_validator("protocol")

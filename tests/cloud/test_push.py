@@ -714,3 +714,12 @@ def test_a_ledger_result_is_written_once(owner_engine: Engine) -> None:
     with pytest.raises(Exception, match="written once"), owner_engine.begin() as conn:
         set_scope(conn, SiteScope.everything())
         conn.execute(text("""UPDATE op_ledger SET result = '{"status": "rejected"}' WHERE op_id = 'o'"""))
+
+
+def test_a_boolean_is_not_a_protocol_version() -> None:
+    from pydantic import ValidationError
+
+    from sync.protocol import PushEnvelope
+
+    with pytest.raises(ValidationError):
+        PushEnvelope.model_validate({"protocol": True, "ops": []})
