@@ -45,6 +45,7 @@ from store.models import Treatment
 from store.scanning import Confirmation, scan_applicator
 from store.station import Station, open_station
 from store.validation_cache import install_bundle
+from sync import wire
 from sync.protocol import MAX_OPS_PER_PUSH, PROTOCOL_VERSION, PushRequest
 from tests.cloud.conftest import CloudDatabase
 from tests.utils.data import NOW, NURSE, OTHER_HOSPITAL_SITE, SECOND_SITE, SITE, FakeClock, make_bundle
@@ -166,30 +167,16 @@ def station_ops(station: Station, *, after_seq: int = 0, offset_ms: int | None =
 def _wire(
     station: Station, entry: dict[str, Any], sites_of: dict[str, str], offset_ms: int | None
 ) -> dict[str, Any]:
-    decrypt = station.cipher.decrypt
-    payload = dict(entry["payload"])
-    changed = dict(entry["changed_fields"])
-    for name in ("subject_id", "patient_label"):
-        if f"{name}_enc" in payload:
-            payload[name] = decrypt(payload[f"{name}_enc"])
-        if f"{name}_enc" in changed:
-            changed[name] = [decrypt(v) for v in changed[f"{name}_enc"]]
-    site = payload["site"] if entry["table_name"] == "treatments" else sites_of[entry["treatment_id"]]
+    # What the sync engine sends (sync.wire), with the station's own fields put back so that the
+    # tests see the cloud drop them, and an offset standing for the one the engine measured.
+    site = wire.site_of(entry, sites_of)
+    assert site is not None, entry
+    op = wire.operation(station.cipher, entry, site)
     return {
-        "op_id": entry["op_id"],
-        "device_id": entry["device_id"],
-        "device_seq": entry["device_seq"],
-        "site": site,
-        "table": entry["table_name"],
-        "record_id": entry["record_id"],
-        "kind": entry["kind"],
-        "payload": payload,
-        "changed": changed,
-        "base_version": entry["base_version"],
-        "hlc": entry["hlc"],
+        **op,
+        "payload": {**entry["payload"], **op["payload"]},
+        "changed": {**entry["changed_fields"], **op["changed"]},
         "clock_offset_ms": offset_ms if entry["clock_offset_ms"] is None else entry["clock_offset_ms"],
-        "priority": entry["priority"],
-        "depends_on": entry["depends_on"],
     }
 
 
