@@ -11,9 +11,10 @@ from store.engine import make_engine
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str, migrations_dir: Path = MIGRATIONS_DIR) -> Config:
+    """Alembic's configuration for one migration tree (the station's by default, or the cloud's)."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(migrations_dir))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
