@@ -61,11 +61,11 @@ def lock_screen(session: BrowserSession) -> ui.dialog:
         assert field is not None
 
         async def try_unlock() -> None:
-            field.props(remove="error error-message")
+            field.error = None
             try:
                 await _unlock(session, pin.value if pin else None, reason.value if reason else None)
             except StoreError as refusal:
-                field.props(f'error error-message="{_attr(refusal.message)}"')
+                field.error = refusal.message
                 field.value = "" if pin else field.value
                 return
             field.value = ""
@@ -123,7 +123,3 @@ async def _sign_out(session: BrowserSession) -> None:
 def _here() -> str | None:
     request = ui.context.client.request
     return request.url.path if request is not None else None
-
-
-def _attr(text: str) -> str:
-    return text.replace('"', "'")

@@ -149,6 +149,11 @@ def login_path(next_path: str | None) -> str:
 
 
 # --- wiring (ui/station_app.py) -----------------------------------------------------------------------
+def opened_station() -> Station | None:
+    """The station, or None before start-up finished (the health route says "starting")."""
+    return _runtime.station
+
+
 def set_station(station: Station | None) -> None:
     _runtime.station = station
     if station is None:

@@ -1,53 +1,146 @@
-"""The station's pages so far: a status page and a health route (the clinical pages come later)."""
+"""The station as a NiceGUI app: the database opened at start-up, the sync service, every page, /health.
 
+`register_station(data_dir)` wires everything before `ui.run` (run.py). The station answers only requests
+addressed to itself (Host 127.0.0.1:<port> or localhost:<port>): a web page elsewhere that resolves its
+own name to 127.0.0.1 (DNS rebinding) must not be able to read or drive the clinical pages.
+"""
+
+import importlib
+import importlib.util
+import logging
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 
 from fastapi.responses import JSONResponse
-from nicegui import app, run, ui
+from nicegui import app, run
 from sqlalchemy import func, select
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from store.engine import read_transaction
 from store.enums import QueueStatus
 from store.models import SyncQueueEntry, Treatment
-from store.station import Station, open_station
+from store.station import Settings, Station, open_station
+from ui import session
 
-_state: dict[str, Station] = {}
+log = logging.getLogger(__name__)
+
+SYNC_INTERVAL_S = 30.0
+# The station's own pages, then the clinical pages of issue 5 (each defines its own @ui.page routes).
+PAGE_MODULES = (
+    "ui.login",
+    "ui.today",
+    "ui.review",
+    "ui.insertion",
+    "ui.removal",
+    "ui.finalise",
+    "ui.reports",
+)
+LOCAL_NAMES = ("127.0.0.1", "localhost")
 
 
-def register_station(data_dir: Path) -> None:
-    """Open (and migrate) the station's database at start-up, close it at shutdown."""
+def register_station(
+    data_dir: Path,
+    *,
+    settings: Settings | None = None,
+    clock: Callable[[], datetime] | None = None,
+    extra_hosts: Iterable[str] = (),
+    start_sync: bool = True,
+) -> None:
+    """Open (and migrate) the station's database at start-up, start its sync, close both at shutdown.
 
-    def start() -> None:
-        _state["station"] = open_station(data_dir)
+    `extra_hosts` are Host headers accepted besides the station's own (the test client's "test");
+    `start_sync` False keeps the background sync off (tests that drive sync rounds themselves).
+    """
+    _register_pages()
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_middleware(session.BrowserCookieMiddleware)
+    app.add_middleware(HostCheckMiddleware, extra_hosts=frozenset(extra_hosts))  # outermost: first check
 
-    def stop() -> None:
-        if "station" in _state:
-            _state.pop("station").close()
+    async def start() -> None:
+        kwargs = {"settings": settings} | ({"clock": clock} if clock is not None else {})
+        station = await run.io_bound(lambda: open_station(data_dir, **kwargs))
+        session.set_station(station)
+        if start_sync:
+            session.set_sync_service(await _start_sync(station))
+
+    async def stop() -> None:
+        service = session.sync_service()
+        session.set_sync_service(None)
+        if service is not None:
+            await service.stop()
+        station = session.opened_station()
+        session.set_station(None)
+        if station is not None:
+            station.close()
 
     app.on_startup(start)
     app.on_shutdown(stop)
 
 
-@app.get("/health")
+async def _start_sync(station: Station) -> object | None:
+    """The background sync (sync/service.py); without it the station still works, offline."""
+    if importlib.util.find_spec("sync.service") is None:
+        log.warning("sync.service is not installed: this station will not sync")
+        return None
+    from sync.service import SyncService
+
+    service = SyncService(station, interval_s=SYNC_INTERVAL_S)
+    await service.start()
+    return service
+
+
+def _register_pages() -> None:
+    for name in PAGE_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+
+
+class HostCheckMiddleware:
+    """Refuse (HTTP 421, or a closed websocket) any request whose Host is not this station's address."""
+
+    def __init__(self, app: ASGIApp, *, extra_hosts: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.extra_hosts = extra_hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self._own(scope):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = b"This station answers only http://127.0.0.1:<port> on its own laptop."
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 421,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", b"%d" % len(body)),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _own(self, scope: Scope) -> bool:
+        host = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"), None)
+        if host is None:
+            return False
+        if host.lower() in self.extra_hosts:
+            return True
+        server = scope.get("server")
+        port = server[1] if server else None
+        return host.lower() in {f"{name}:{port}" for name in LOCAL_NAMES}
+
+
 async def health() -> JSONResponse:
-    station = _state.get("station")
+    """Whether the station's database is open, with its device id and what waits for the cloud."""
+    station = session.opened_station()
     if station is None:
         return JSONResponse({"status": "starting"}, status_code=503)
     counts = await run.io_bound(_counts, station)
     return JSONResponse({"status": "ok", "device_id": station.device_id, **counts})
-
-
-@ui.page("/")
-async def status_page() -> None:
-    station = _state.get("station")
-    ui.label("DaRT station").classes("text-2xl")
-    if station is None:
-        ui.label("The station is starting…")
-        return
-    counts = await run.io_bound(_counts, station)
-    ui.label(f"Device {station.device_id}")
-    ui.label(f"{counts['treatments']} treatments saved on this station")
-    ui.label(f"{counts['waiting']} changes waiting to be sent to the cloud")
 
 
 def _counts(station: Station) -> dict[str, int]:
