@@ -8,6 +8,7 @@ own name to 127.0.0.1 (DNS rebinding) must not be able to read or drive the clin
 import importlib
 import importlib.util
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
@@ -91,8 +92,12 @@ async def _start_sync(station: Station) -> object | None:
 
 
 def _register_pages() -> None:
+    """Import each page module so that its @ui.page routes exist; one imported before the app was
+    (re)built, as in a test process, is executed again, since its routes were registered on another app."""
     for name in PAGE_MODULES:
-        if importlib.util.find_spec(name) is not None:
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])
+        elif importlib.util.find_spec(name) is not None:
             importlib.import_module(name)
 
 
