@@ -5,6 +5,7 @@ file's integrity); the cloud's from PostgreSQL as the owner (the ledger, the cha
 records). `assert_converged` then holds them against each other.
 """
 
+import json
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass
@@ -21,9 +22,14 @@ CLINICAL = ("treatments", "applicators")
 class StationView:
     device_id: str
     integrity: list[str]
-    queue: dict[str, dict[str, Any]]  # op_id -> status, table_name, record_id, device_seq
+    queue: dict[str, dict[str, Any]]  # op_id -> status, table_name, record_id, device_seq, answer
     records: dict[RecordKey, dict[str, Any]]  # cloud_version, sync_status, state (status / is_complete)
     cursor: int
+
+    @property
+    def answers(self) -> Counter[str | None]:
+        """How the cloud last answered the entries: `duplicate` means an answer was lost once."""
+        return Counter(e["answer"] for e in self.queue.values())
 
     @property
     def stuck(self) -> list[tuple[str, str]]:
@@ -44,9 +50,15 @@ def station_view(db_path: Path) -> StationView:
         integrity = [r[0] for r in conn.execute("PRAGMA integrity_check")]
         device_id = conn.execute("SELECT device_id FROM device_state").fetchone()[0]
         queue = {
-            op_id: {"status": status, "table_name": table, "record_id": record_id, "device_seq": seq}
-            for op_id, status, table, record_id, seq in conn.execute(
-                "SELECT op_id, status, table_name, record_id, device_seq FROM sync_queue"
+            op_id: {
+                "status": status,
+                "table_name": table,
+                "record_id": record_id,
+                "device_seq": seq,
+                "answer": json.loads(result)["status"] if result else None,  # as the cloud gave it
+            }
+            for op_id, status, table, record_id, seq, result in conn.execute(
+                "SELECT op_id, status, table_name, record_id, device_seq, result FROM sync_queue"
             )
         }
         records: dict[RecordKey, dict[str, Any]] = {}
