@@ -1,6 +1,7 @@
-"""Entry point: `python run.py station | cloud` or, with no argument, the demo.
+"""Entry point: `python run.py station | cloud` or, with no argument, the demo (ui/demo.py).
 
-The demo (issue 4) says it is not built yet and exits.
+`python run.py station --cloud URL --enrol CODE` enrols the station with the cloud first (once, with
+the code an administrator issued) and then starts it.
 """
 
 import argparse
@@ -15,15 +16,35 @@ DEFAULT_PORT = int(os.environ.get("DART_STATION_PORT", "8080"))
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "station":
+        if (args.cloud is None) != (args.enrol is None):
+            print("--cloud URL and --enrol CODE go together: they enrol the station.", file=sys.stderr)
+            return 2
+        if args.enrol is not None and not enrol(args.data_dir, args.cloud, args.enrol):
+            return 2
         return run_station(data_dir=args.data_dir, port=args.port)
     if args.command == "cloud":
         return run_cloud(host=args.host, port=args.port)
-    print(
-        "The demo (fake Priority, cloud and station together) is not built yet. "
-        "Run the station with: python run.py station",
-        file=sys.stderr,
-    )
-    return 2
+    from ui.demo import run_demo
+
+    return run_demo()
+
+
+def enrol(data_dir: Path, cloud_url: str, code: str) -> bool:
+    """Enrol the station in `data_dir` with the cloud; says what happened, True when it is enrolled."""
+    from store.station import open_station
+    from sync.enrol import EnrolmentError, enrol_station
+
+    station = open_station(data_dir)
+    try:
+        enrolled = enrol_station(station, cloud_url, code)
+    except EnrolmentError as exc:
+        print(f"Enrolment failed: {exc}", file=sys.stderr)
+        return False
+    finally:
+        station.close()
+    sites = ", ".join(enrolled.sites)
+    print(f"Enrolled as device {enrolled.device_id} ({enrolled.name}) for {sites}.", flush=True)
+    return True
 
 
 def run_station(*, data_dir: Path, port: int) -> int:
@@ -53,11 +74,16 @@ def run_cloud(*, host: str, port: int) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run.py", description="Alpha DaRT treatment tracker")
+    parser = argparse.ArgumentParser(
+        prog="run.py",
+        description="Alpha DaRT treatment tracker; with no command, the demo (Priority, cloud, station).",
+    )
     commands = parser.add_subparsers(dest="command")
     station = commands.add_parser("station", help="the OR station (local browser app, SQLite, offline-first)")
     station.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where station.db lives")
     station.add_argument("--port", type=int, default=DEFAULT_PORT)
+    station.add_argument("--cloud", metavar="URL", help="the cloud to enrol with (with --enrol)")
+    station.add_argument("--enrol", metavar="CODE", help="the one-time code an administrator issued")
     cloud = commands.add_parser("cloud", help="the cloud service (FastAPI on PostgreSQL; DATABASE_URL)")
     cloud.add_argument("--host", default=os.environ.get("DART_CLOUD_HOST", "127.0.0.1"))
     cloud.add_argument("--port", type=int, default=int(os.environ.get("DART_CLOUD_PORT", "8090")))

@@ -36,8 +36,10 @@ from store.enums import (
     RowSyncStatus,
 )
 from store.fastsql import codec
+from store.incidents import raise_for_stuck
 from store.journal import QUEUE, Journal, keep_updated_at, transaction
 from store.models import SyncConflict, SyncState, ValidationCacheEntry
+from store.pulled_resolutions import settle_after_pull
 from store.station import Station
 from sync.protocol import IMMUTABLE_FIELDS, ConflictInfo, OpResult, PullChange
 from sync.rules import Action, FieldOutcome, RuleContext, merge, same
@@ -104,17 +106,22 @@ class SyncStatus:
 def link_cloud(station: Station, *, cloud_url: str, credential: str, device_id: str) -> None:
     """Remember the cloud and this device's credential (sealed with the station's data key)."""
     with transaction(station, None) as journal:
-        current = _state_row(journal.conn)
-        values: dict[str, Any] = {
-            "cloud_url": cloud_url,
-            "cloud_device_id": device_id,
-            "credential_enc": station.cipher.encrypt(credential),
-        }
-        if current["cloud_url"] != cloud_url:
-            values["pull_cursor"] = 0  # another cloud's sequence numbers mean nothing here
-        journal.conn.execute(update(STATE).where(STATE.c.id == 1).values(values))
-        # The credential is a secret: the audit says who the station talks to, never with what.
-        journal.audit_only("cloud_linked", new={"cloud_url": cloud_url, "device_id": device_id})
+        link_cloud_in(journal, cloud_url=cloud_url, credential=credential, device_id=device_id)
+
+
+def link_cloud_in(journal: Journal, *, cloud_url: str, credential: str, device_id: str) -> None:
+    """`link_cloud` inside a transaction the caller holds (enrolment adopts the device id with it)."""
+    current = _state_row(journal.conn)
+    values: dict[str, Any] = {
+        "cloud_url": cloud_url,
+        "cloud_device_id": device_id,
+        "credential_enc": journal.station.cipher.encrypt(credential),
+    }
+    if current["cloud_url"] != cloud_url:
+        values["pull_cursor"] = 0  # another cloud's sequence numbers mean nothing here
+    journal.conn.execute(update(STATE).where(STATE.c.id == 1).values(values))
+    # The credential is a secret: the audit says who the station talks to, never with what.
+    journal.audit_only("cloud_linked", new={"cloud_url": cloud_url, "device_id": device_id})
 
 
 def load_state(station: Station) -> SyncStatus:
@@ -300,6 +307,9 @@ class _Page:
             self.result.refused += 1
             self.conflicts.refused(table.name, record_id, clinical, str(_refusal(exc)))
             return False
+        if table.name == "applicators":  # a serial clash a person resolved on another station
+            for applicator_id in settle_after_pull(self.journal, record_id):
+                receipt(self.conn, "applicators", applicator_id, None)
         return True
 
     # --- a change that meets local changes not confirmed yet ----------------------------------------
@@ -517,6 +527,14 @@ def record_results(station: Station, verdicts: Sequence[Verdict], *, at: datetim
                         "message": verdict.result.message,
                     },
                 )
+                raise_for_stuck(
+                    journal,
+                    entry,
+                    verdict.status,
+                    code=verdict.result.code,
+                    message=verdict.result.message,
+                    attempts=verdict.attempts,
+                )
             key = (entry["table_name"], entry["record_id"])
             touched[key] = verdict.result.version if verdict.status is QueueStatus.DONE else touched.get(key)
             decided: dict[str, Any] = {}
@@ -553,6 +571,14 @@ def quarantine_unsendable(station: Station, entry: Mapping[str, Any], message: s
             table=entry["table_name"],
             record_id=entry["record_id"],
             new={"op_id": entry["op_id"], "code": "invalid_operation", "message": message},
+        )
+        raise_for_stuck(
+            journal,
+            entry,
+            QueueStatus.QUARANTINED,
+            code="invalid_operation",
+            message=message,
+            attempts=entry["attempts"],
         )
 
 
@@ -632,6 +658,8 @@ def _changed_later(conn: Connection, entry: Mapping[str, Any], wire_field: str) 
 # --- receipts -------------------------------------------------------------------------------------------
 def receipt(conn: Connection, table_name: str, record_id: str, version: int | None) -> None:
     """The per-record receipt: synced once every entry of the row is done (conflict while one is open)."""
+    if table_name not in TABLES:
+        return  # an incident report: no row of this station behind it
     table = TABLES[table_name]
     row = _load(conn, table, record_id)
     if row is None:
@@ -762,6 +790,8 @@ class _Conflicts:
             value=info.value,
             reason=None if info.status == "open" else f"Decided by the cloud ({info.rule}).",
         )
+        if self._decided_here(info, table_name, record_id, op_id):
+            return 0
         candidates = [
             r
             for r in self._find(
@@ -774,6 +804,27 @@ class _Conflicts:
         ]
         candidates.sort(key=lambda r: r["op_id"] != op_id)
         return self._save(candidates[:1], row | {"op_id": op_id, "cloud_conflict_id": info.conflict_id})
+
+    def _decided_here(self, info: ConflictInfo, table_name: str, record_id: str, op_id: str) -> bool:
+        """A person resolved this conflict here before the cloud's answer about it came: the decision
+        (queued behind the entry that met the conflict) stands; the row learns the cloud's id."""
+        decided = [
+            r
+            for r in self._find(
+                "table_name = ? AND record_id = ? AND field = ? AND cloud_conflict_id IS NULL"
+                " AND status = 'resolved'",
+                (table_name, record_id, station_field(info.field)),
+            )
+            if (r["rule"] == info.rule and r["server_value"] == info.server_value)
+            or (info.rule not in SERIAL_RULES and r["rule"] not in SERIAL_RULES and r["op_id"] == op_id)
+        ]
+        if decided:
+            self.conn.execute(
+                update(CONFLICTS)
+                .where(CONFLICTS.c.id == decided[0]["id"])
+                .values(cloud_conflict_id=info.conflict_id)
+            )
+        return bool(decided)
 
     def refused(self, table_name: str, record_id: str, values: Mapping[str, Any], message: str) -> None:
         """A record from the cloud this station's constraints refuse: held for a person, never dropped."""
