@@ -37,7 +37,7 @@ def lock_screen(session: BrowserSession) -> ui.dialog:
     """The cover and the timer that raises it; the cover opens at once if the session is locked."""
     with (
         ui.dialog().props("persistent maximized data-testid=lock-screen") as cover,
-        ui.card().classes("w-full h-full items-center justify-center bg-slate-900 text-white gap-6"),
+        ui.card().classes("w-full h-full items-center justify-center bg-slate-900 text-white gap-6") as card,
     ):
         ui.icon("lock", size="xl")
         ui.label("The screen is locked").classes("text-3xl font-bold")
@@ -65,8 +65,9 @@ def lock_screen(session: BrowserSession) -> ui.dialog:
             try:
                 await _unlock(session, pin.value if pin else None, reason.value if reason else None)
             except StoreError as refusal:
+                if pin:
+                    field.value = ""  # before the message: a new value clears a field's error
                 field.error = refusal.message
-                field.value = "" if pin else field.value
                 return
             field.value = ""
             cover.close()
@@ -85,6 +86,8 @@ def lock_screen(session: BrowserSession) -> ui.dialog:
         elif not session.locked and cover.value:
             cover.close()  # unlocked in another tab of this browser
 
+    # Hidden while closed as well: nothing of the cover counts as shown until the screen is locked.
+    card.bind_visibility_from(cover, "value")
     ui.timer(CHECK_S, check)
     if session.locked:
         cover.open()

@@ -176,8 +176,8 @@ class _LoginForm:
                 lambda: check_pin(station, identifier=self.identifier.value, pin=self.pin.value)
             )
         except StoreError as refusal:
+            self.pin.value = ""  # before the message: a new value clears a field's error
             self._refuse(refusal.field or "pin", refusal.message)
-            self.pin.value = ""
             return
         sign_in(actor, LoginMode.PIN)
         ui.navigate.to(self.target)

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fastapi.responses import JSONResponse
-from nicegui import app, run
+from nicegui import app, background_tasks, run
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -58,12 +58,14 @@ def register_station(
     app.add_middleware(session.BrowserCookieMiddleware)
     app.add_middleware(HostCheckMiddleware, extra_hosts=frozenset(extra_hosts))  # outermost: first check
 
-    async def start() -> None:
+    def start() -> None:
+        # Synchronous on purpose: NiceGUI does not await start-up handlers, and no request may find
+        # the station closed. Nothing is served yet, so the loop has nobody to keep waiting.
         kwargs = {"settings": settings} | ({"clock": clock} if clock is not None else {})
-        station = await run.io_bound(lambda: open_station(data_dir, **kwargs))
+        station = open_station(data_dir, **kwargs)
         session.set_station(station)
         if start_sync:
-            session.set_sync_service(await _start_sync(station))
+            background_tasks.create(_start_sync(station), name="start the sync service")
 
     async def stop() -> None:
         service = session.sync_service()
@@ -79,16 +81,16 @@ def register_station(
     app.on_shutdown(stop)
 
 
-async def _start_sync(station: Station) -> object | None:
+async def _start_sync(station: Station) -> None:
     """The background sync (sync/service.py); without it the station still works, offline."""
     if importlib.util.find_spec("sync.service") is None:
         log.warning("sync.service is not installed: this station will not sync")
-        return None
+        return
     from sync.service import SyncService
 
     service = SyncService(station, interval_s=SYNC_INTERVAL_S)
     await service.start()
-    return service
+    session.set_sync_service(service)
 
 
 def _register_pages() -> None:
