@@ -36,7 +36,9 @@ from sqlalchemy.exc import DBAPIError
 
 from cloud.cipher import open_record, seal_record, seal_value
 from cloud.db import SiteScope, scoped_transaction
+from cloud.incidents import record_incident
 from cloud.priority.writeback import enqueue_applicator, enqueue_order_status
+from cloud.resolutions import settle as settle_resolution
 from cloud.schema import (
     applicator_packages,
     applicators,
@@ -313,7 +315,13 @@ class _Batch:
                 OpResult(op_id=op.op_id, status="duplicate", version=original.version, original=original)
             )
         self._require_dependencies(op)
-        outcome = {"insert": self._insert, "update": self._update, "delete": self._delete}[op.kind](op)
+        # A person's decision is recorded before its values merge; a second decision is refused
+        # (cloud/resolutions.py). An incident a station reports is kept once (cloud/incidents.py).
+        refused = settle_resolution(self.conn, self.device_id, op) if op.resolution else None
+        if refused is not None or op.table == "incidents":
+            outcome = _Outcome(refused or record_incident(self.conn, self.device_id, op))
+        else:
+            outcome = {"insert": self._insert, "update": self._update, "delete": self._delete}[op.kind](op)
         self._store_result(op, outcome.result)
         return outcome
 

@@ -57,6 +57,8 @@ SQLModel.metadata.naming_convention = {
 }
 
 CORE_TABLES = ("treatments", "applicators", "applicator_packages", "removed_seeds")
+# What the sync queue carries: clinical changes, and incidents the cloud must hear of (store/incidents.py).
+QUEUED_TABLES = (*CORE_TABLES, "incidents")
 
 
 def _check(condition: str, name: str) -> CheckConstraint:
@@ -342,7 +344,7 @@ class SyncQueueEntry(SQLModel, table=True):
     __table_args__ = (
         _enum_check("status", QueueStatus),
         _enum_check("kind", OperationKind),
-        _enum_check("table_name", list(CORE_TABLES)),
+        _enum_check("table_name", list(QUEUED_TABLES)),
         _check("priority BETWEEN 1 AND 5", "priority_range"),
         _check("device_seq >= 1", "device_seq_positive"),
         _check("attempts >= 0", "attempts_non_negative"),
@@ -375,6 +377,8 @@ class SyncQueueEntry(SQLModel, table=True):
     created_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
     sent_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
     acknowledged_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # A person's decision on a conflict that this change carries to the cloud (store/resolution.py).
+    resolution: dict | None = Field(default=None, sa_type=JSONText)
 
 
 # --- sync_conflicts: a field both sides changed, resolved by a rule or held for a person

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from store import remote
+from store import incidents, remote
 from store.enums import QueueStatus
 from store.station import Station
 from store.validation_cache import BundleRejected, install_bundle
@@ -227,6 +227,8 @@ class SyncEngine:
 
     # --- 3. push -----------------------------------------------------------------------------------
     def _push(self, client: SyncClient, report: RoundReport) -> None:
+        # A stuck applicator that became INSERTED or FAULTY since: its incident goes out this round.
+        incidents.raise_pending(self.station)
         order, report.waiting = push_order(remote.open_entries(self.station), self.station.now())
         not_done: set[str] = set()  # entries of this round that did not take effect
         for start in range(0, len(order), self.settings.batch_size):

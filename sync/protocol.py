@@ -16,7 +16,16 @@ from enum import StrEnum
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 PROTOCOL_VERSION = 1
 
@@ -28,6 +37,8 @@ PULL_DEFAULT_LIMIT = 500
 PULL_MAX_LIMIT = 5000
 
 TableName = Literal["treatments", "applicators", "applicator_packages", "removed_seeds"]
+# Pushed only: an incident the station raises for a stuck entry (never pulled, not a clinical record).
+OpTable = Literal["treatments", "applicators", "applicator_packages", "removed_seeds", "incidents"]
 OpKind = Literal["insert", "update", "delete"]
 OpStatus = Literal["applied", "duplicate", "conflict", "rejected"]
 
@@ -42,6 +53,7 @@ REQUIRED_ON_INSERT: dict[str, tuple[str, ...]] = {
     "applicators": ("treatment_id", "serial_number", "status"),
     "applicator_packages": ("treatment_id",),
     "removed_seeds": ("treatment_id",),
+    "incidents": ("kind", "op_id", "record_id"),
 }
 
 _HLC_PATTERN = r"^\d{15}-\d{6}-[^\s]{1,64}$"
@@ -59,6 +71,7 @@ class Code(StrEnum):
     UNKNOWN_TREATMENT = "unknown_treatment"  # a child row of a treatment the cloud does not have
     RECORD_EXISTS = "record_exists"  # insert of an id that already exists at the site
     STORE_FAILED = "store_failed"  # the database refused the change; nothing was applied
+    ALREADY_RESOLVED = "already_resolved"  # another person resolved the conflict first; nothing applied
 
 
 # Rejections that may succeed later without any change on the station: never written to the
@@ -77,6 +90,33 @@ RETRYABLE_CODES = frozenset(
 
 
 # --- push ------------------------------------------------------------------------------------
+class SettledConflict(BaseModel):
+    """One conflict a resolution settles: the cloud's id when the station knows it, else its place."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    site: str | None = Field(default=None, max_length=64)  # None: the operation's site
+    table: TableName
+    record_id: str = Field(min_length=1, max_length=36)
+    field: str = Field(min_length=1, max_length=64)
+    rule: str = Field(min_length=1, max_length=32)
+    conflict_id: str | None = Field(default=None, max_length=64)  # the cloud's, when it reported it
+
+
+class Resolution(BaseModel):
+    """A person's decision on held conflicts, carried by the operation that applies it (optional:
+    an operation without one is unchanged; docs/sync-protocol.md, "Manual resolution")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    how: Literal["keep_local", "keep_server", "merged"]
+    reason: str = Field(min_length=1, max_length=2000)
+    resolved_by: str = Field(min_length=1, max_length=64)
+    resolved_at: datetime
+    settles: list[SettledConflict] = Field(min_length=1, max_length=50)
+    keep_treatment_id: str | None = Field(default=None, max_length=36)  # a serial clash: who keeps it
+
+
 class Operation(BaseModel):
     """One journalled change of one record, as the station's sync_queue holds it."""
 
@@ -86,7 +126,7 @@ class Operation(BaseModel):
     device_id: str = Field(min_length=1, max_length=64)
     device_seq: int = Field(ge=1)
     site: str = Field(min_length=1, max_length=64)
-    table: TableName
+    table: OpTable
     record_id: str = Field(min_length=1, max_length=36)
     kind: OpKind
     payload: dict[str, Any]  # the whole record after the change (wire names)
@@ -96,6 +136,7 @@ class Operation(BaseModel):
     clock_offset_ms: int | None = None
     priority: int = Field(ge=1, le=5)
     depends_on: list[str] = Field(default_factory=list, max_length=MAX_DEPENDENCIES)
+    resolution: Resolution | None = None  # set on the change that applies a person's decision
 
     @field_validator("op_id")
     @classmethod
@@ -115,13 +156,24 @@ class Operation(BaseModel):
             raise ValueError(f"payload id {self.payload['id']!r} is not record_id {self.record_id!r}")
         if self.table == "treatments" and self.payload.get("site", self.site) != self.site:
             raise ValueError(f"payload site {self.payload.get('site')!r} is not the operation's site")
-        if self.kind == "update" and not self.changed:
+        if self.kind == "update" and not self.changed and self.resolution is None:
+            # (a resolution that keeps what the cloud holds changes nothing, and still settles)
             raise ValueError("an update must name its changed fields with their base values")
+        if self.table == "incidents" and self.kind != "insert":
+            raise ValueError("an incident is only ever inserted")
         frozen = sorted(IMMUTABLE_FIELDS & set(self.changed))
         if frozen:
             raise ValueError(f"{', '.join(frozen)} cannot change after a record is created")
         _require_clear_patient_fields(self)
         return self
+
+    @model_serializer(mode="wrap")
+    def _no_empty_resolution(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out when empty, so an operation without one is byte for byte what it always was.
+        data = handler(self)
+        if data.get("resolution", True) is None:
+            del data["resolution"]
+        return data
 
 
 class PushRequest(BaseModel):

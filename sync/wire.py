@@ -48,6 +48,8 @@ def operation(cipher: PatientCipher, entry: Mapping[str, Any], site: str) -> dic
         "clock_offset_ms": entry["clock_offset_ms"],
         "priority": entry["priority"],
         "depends_on": list(entry["depends_on"]),
+        # A person's decision on a conflict (store/resolution.py); left out when there is none.
+        "resolution": entry.get("resolution"),
     }
 
 
@@ -71,7 +73,7 @@ def _clear_changes(cipher: PatientCipher, changed: Mapping[str, Any]) -> dict[st
 def site_of(entry: Mapping[str, Any], treatment_sites: Mapping[str, str]) -> str | None:
     """The record's site: a treatment's own, a child row's treatment's (None: not known here)."""
     payload = entry["payload"]
-    if entry["table_name"] == "treatments":
+    if entry["table_name"] in ("treatments", "incidents"):
         return payload.get("site")
     return treatment_sites.get(str(payload.get("treatment_id")))
 

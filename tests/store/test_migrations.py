@@ -393,21 +393,35 @@ def _populate(station: Station, clock: FakeClock) -> None:
         insert_row(conn, "sync_conflicts", fresh_row("sync_conflicts", op_id=op_id, record_id=ids[0]))
 
 
-def _snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every model table (the models' columns only), in key order; a table a later
-    revision than the database's adds is left out."""
+def _snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every model table (the models' columns only), in key order; a table or a column
+    a later revision than the database's adds is left out."""
     with engine.connect() as conn:
         snapshot = {}
-        present = set(inspect(conn).get_table_names())
+        inspector = inspect(conn)
+        present = set(inspector.get_table_names())
         for table in metadata.sorted_tables:
             if table.name not in present:
                 continue
-            columns = ", ".join(c.name for c in table.columns)
+            there = {c["name"] for c in inspector.get_columns(table.name)}
+            columns = ", ".join(c.name for c in table.columns if c.name in there)
             keys = ", ".join(c.name for c in table.primary_key.columns)
-            snapshot[table.name] = conn.exec_driver_sql(
-                f"SELECT {columns} FROM {table.name} ORDER BY {keys}"
-            ).all()
+            snapshot[table.name] = [
+                dict(row)
+                for row in conn.exec_driver_sql(
+                    f"SELECT {columns} FROM {table.name} ORDER BY {keys}"
+                ).mappings()
+            ]
         return snapshot
+
+
+def _as_at(before: dict[str, list[dict[str, Any]]], older: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """`before` with only the tables and columns an older revision's snapshot has."""
+    return {
+        name: [{k: row[k] for k in (older[name][0] if older[name] else row)} for row in rows]
+        for name, rows in before.items()
+        if name in older
+    }
 
 
 def _assert_foreign_keys_on_and_intact(engine: Engine) -> None:
@@ -436,7 +450,7 @@ def test_rows_survive_head_to_0001_and_back(populated_station: Path, clock: Fake
             progress_before = conn.exec_driver_sql("SELECT * FROM treatment_progress ORDER BY 1").all()
         downgrade(engine, "0001")
         at_0001 = _snapshot(engine)
-        assert at_0001 == {name: rows for name, rows in before.items() if name in at_0001}
+        assert at_0001 == _as_at(before, at_0001)
         assert "treatments" in at_0001 and "sync_state" not in at_0001  # 0003 added it
         _assert_foreign_keys_on_and_intact(engine)
         upgrade(engine, "head")
