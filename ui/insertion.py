@@ -385,7 +385,8 @@ class InsertionPage:
 
     async def refresh_progress(self) -> None:
         progress = await run.io_bound(lookups.progress, self.station, self.treatment_id)
-        self.progress.show(progress)
+        if progress is not None:  # None: the station is shutting down
+            self.progress.show(progress)
 
     def _focus(self) -> None:
         if self.scan_field is not None:

@@ -126,14 +126,13 @@ class RemovalPage:
                     ui.label(f"{group.removed_seeds} of {group.deployed_seeds} seeds").classes("text-lg")
                     ui.space()
                     if not self.locked:
-                        ui.button(
+                        button = ui.button(
                             "Remove one",
                             icon="remove_circle",
                             on_click=lambda g=group.capacity: self.remove_one(g),
-                        ).classes(BUTTON).props(
-                            f"color=primary data-testid=remove-{group.capacity}"
-                            + (" disable" if group.remaining == 0 else "")
-                        )
+                        ).classes(BUTTON)
+                        button.props(f"color=primary data-testid=remove-{group.capacity}")
+                        button.set_enabled(group.remaining > 0)
         self.removed.clear()
         with self.removed:
             if not view.removed:
@@ -340,7 +339,8 @@ class RemovalPage:
 
     async def refresh(self) -> None:
         view = await run.io_bound(lookups.removal_view, self.station, self.actor, self.removal_id)
-        self.show(view)
+        if view is not None:  # None: the station is shutting down
+            self.show(view)
 
 
 class _FormProblem(ValueError):
