@@ -8,9 +8,11 @@ data key (`store.remote.link_cloud_in`), in ONE transaction.
 Why the station takes the cloud's id: the cloud accepts an operation only from the device it
 names (`device_mismatch` otherwise), and its ledger of applied operations is keyed by device. So:
 
-- changes never sent anywhere are re-attributed to the new id (no cloud has seen them);
-- changes sent under the old id and not confirmed are NOT re-attributed: the old device may have
-  applied them already, and sending them again under another id could apply them twice
+- changes never sent anywhere are re-attributed to the new id (no cloud has seen them), and so are
+  changes the cloud refused for good (quarantined, or needing a person): their last answer was a
+  refusal, so the cloud never applied them;
+- changes sent and still waiting for a (final) answer are NOT re-attributed: the old device may
+  have applied them already, and sending them again under another id could apply them twice
   (invariant 3). Such a station is refused before the code is used: sync them first with the
   current link (or, if that link is dead, ask the administrator to reinstate the old device).
 """
@@ -20,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, and_, func, or_, select, update
 
 from store import remote
 from store.engine import read_transaction
@@ -29,12 +31,10 @@ from store.journal import QUEUE, Journal, transaction
 from store.station import Station
 
 ENROL_PATH = "/api/v1/devices/enrol"
-OPEN = (
-    QueueStatus.PENDING.value,
-    QueueStatus.IN_FLIGHT.value,
-    QueueStatus.QUARANTINED.value,
-    QueueStatus.NEEDS_PERSON.value,
-)
+# Entries that go out again by themselves: once sent, the cloud may have applied them.
+SENDABLE = (QueueStatus.PENDING.value, QueueStatus.IN_FLIGHT.value)
+# Entries whose last answer was a refusal: never applied, not sent again unless a person acts.
+REFUSED = (QueueStatus.QUARANTINED.value, QueueStatus.NEEDS_PERSON.value)
 
 
 class EnrolmentError(Exception):
@@ -146,7 +146,7 @@ def _checked_url(cloud_url: str) -> str:
 def _require_nothing_unconfirmed(conn: Connection, device_id: str) -> None:
     """Refuse when changes left this station and are not confirmed yet (see above)."""
     sent = conn.execute(
-        select(func.count()).where(QUEUE.c.status.in_(OPEN), QUEUE.c.sent_at.is_not(None))
+        select(func.count()).where(QUEUE.c.status.in_(SENDABLE), QUEUE.c.sent_at.is_not(None))
     ).scalar_one()
     if sent:
         raise EnrolmentError(
@@ -158,10 +158,11 @@ def _require_nothing_unconfirmed(conn: Connection, device_id: str) -> None:
 
 
 def _adopt(journal: Journal, device_id: str) -> int:
-    """Take the cloud's device id; changes never sent go out under it (no cloud has seen them)."""
+    """Take the cloud's device id; open changes no cloud applied go out under it (see above)."""
     conn = journal.conn
-    moved = conn.execute(
-        update(QUEUE).where(QUEUE.c.status.in_(OPEN), QUEUE.c.sent_at.is_(None)).values(device_id=device_id)
-    ).rowcount
+    never_applied = or_(
+        and_(QUEUE.c.status.in_(SENDABLE), QUEUE.c.sent_at.is_(None)), QUEUE.c.status.in_(REFUSED)
+    )
+    moved = conn.execute(update(QUEUE).where(never_applied).values(device_id=device_id)).rowcount
     conn.exec_driver_sql("UPDATE device_state SET device_id = ? WHERE id = 1", (device_id,))
     return moved

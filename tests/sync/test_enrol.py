@@ -25,7 +25,8 @@ from sync.engine import Outcome, SyncEngine
 from sync.enrol import EnrolmentError, EnrolmentRefused, enrol_station
 from tests.cloud.test_push import Cloud
 from tests.cloud.utils import add_device, add_session, add_user
-from tests.sync.conftest import STATION_SITES, bundle_for
+from tests.sync.conftest import STATION_SITES, Laptop, bundle_for
+from tests.sync.test_engine import copy_as_new_entry
 from tests.test_run_station import _env_outside_pytest, _wait_for_line
 from tests.utils.data import NURSE, SITE, FakeClock
 from tests.utils.servers import free_port
@@ -178,6 +179,10 @@ def test_a_revoked_station_enrolled_again_syncs_as_its_new_device(
     first = enrol_station(station, cloud.url, issue_code())
     treatment = _insertion(station)
     assert SyncEngine(station).run_round().outcome is Outcome.OK
+    [confirmed] = _queue(station)
+    refused = copy_as_new_entry(Laptop(station, SyncEngine(station), None), confirmed)  # type: ignore[arg-type]
+    assert SyncEngine(station).run_round().outcome is Outcome.OK  # the cloud refuses it for good
+    assert {e["op_id"]: e["status"] for e in _queue(station)}[refused] == "quarantined"
     with cloud.owner.begin() as conn:
         conn.execute(update(devices).where(devices.c.id == first.device_id).values(revoked_at=station.now()))
     _insertion_day_after = start_insertion(
@@ -189,10 +194,13 @@ def test_a_revoked_station_enrolled_again_syncs_as_its_new_device(
     report = SyncEngine(station).run_round()
 
     assert report.outcome is Outcome.OK, report.error
-    assert second.device_id != first.device_id and second.reattributed == 1
+    # The unsent insertion and the refused copy (never applied) now carry the new id.
+    assert second.device_id != first.device_id and second.reattributed == 2
     ids = {r.id for r in cloud.rows(select(cloud_treatments.c.id))}
     assert ids == {treatment, _insertion_day_after.record["id"]}
-    assert {e["status"] for e in _queue(station)} == {"done"}
+    statuses = {e["op_id"]: (e["status"], e["device_id"]) for e in _queue(station)}
+    assert statuses.pop(refused) == ("quarantined", second.device_id)  # shown, not sent again
+    assert set(statuses.values()) == {("done", first.device_id), ("done", second.device_id)}
 
 
 def test_run_py_station_enrols_before_it_starts(cloud: Cloud, issue_code: CodeIssuer, tmp_path: Path) -> None:
