@@ -10,9 +10,10 @@ thread every few seconds, never on the event loop.
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from nicegui import run, ui
+from nicegui import ui
 
 from ui import receipts
+from ui.offloop import off_loop
 from ui.session import current_station, sync_service
 
 if TYPE_CHECKING:
@@ -92,11 +93,11 @@ async def read_status() -> "BannerStatus | None":
     """The banner's figures, read off the event loop."""
     service = sync_service()
     if service is not None:
-        return await run.io_bound(service.status)
+        return await off_loop(service.status)
     from sync.monitor import Connectivity
     from sync.status import read_banner
 
-    return await run.io_bound(read_banner, current_station(), Connectivity.UNKNOWN)
+    return await off_loop(read_banner, current_station(), Connectivity.UNKNOWN)
 
 
 def _show(

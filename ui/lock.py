@@ -5,10 +5,11 @@ stays exactly as it was, and everything on it was saved when it was done. Someon
 signing in (the session then changes hands, audited); a procedure page never offers "Sign out".
 """
 
-from nicegui import run, ui
+from nicegui import ui
 
 from store.errors import StoreError
 from store.sign_in import check_user_pin, emergency_access, known_sites, record_sign_out
+from ui.offloop import off_loop
 from ui.session import (
     BrowserSession,
     LoginMode,
@@ -99,12 +100,12 @@ async def _unlock(session: BrowserSession, pin: str | None, reason: str | None) 
     actor = session.actor
     assert actor is not None
     if session.mode is LoginMode.EMERGENCY:
-        sites = await run.io_bound(known_sites, station)
-        session.actor = await run.io_bound(
+        sites = await off_loop(known_sites, station)
+        session.actor = await off_loop(
             lambda: emergency_access(station, name=actor.name, reason=reason or "", sites=sites)
         )
     else:
-        await run.io_bound(
+        await off_loop(
             lambda: check_user_pin(station, user_id=actor.user_id, pin=pin or "", purpose="unlock")
         )
     unlock(session)
@@ -119,7 +120,7 @@ async def _sign_out(session: BrowserSession) -> None:
     actor = session.actor
     sign_out()
     if actor is not None:
-        await run.io_bound(record_sign_out, current_station(), actor)
+        await off_loop(record_sign_out, current_station(), actor)
     ui.navigate.to("/login")
 
 

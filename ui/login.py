@@ -13,12 +13,13 @@ page it came from (`?next=`), or to Today.
 
 import itertools
 
-from nicegui import run, ui
+from nicegui import ui
 
 from store.errors import StoreError
 from store.sign_in import check_pin, emergency_access, find_user, known_sites, remember_online_login
 from ui.frame import BUTTON
 from ui.login_client import CloudUnavailable, LoginProblem, request_code, verify_code
+from ui.offloop import off_loop
 from ui.session import LoginMode, current_session, current_station, sign_in
 
 INPUT = "w-full text-lg"
@@ -137,7 +138,7 @@ class _LoginForm:
             return
         station = current_station()
         pin = (self.new_pin.value or "").strip()
-        known = await run.io_bound(find_user, station, self.identifier.value)
+        known = await off_loop(find_user, station, self.identifier.value)
         pin_needed = known is None or not known.has_pin or known.failed_attempts > 0
         if pin or pin_needed:
             problem = pin_problem(pin)
@@ -149,7 +150,7 @@ class _LoginForm:
         except LoginProblem as problem:
             self._refuse(problem.field, problem.message)
             return
-        actor = await run.io_bound(
+        actor = await off_loop(
             lambda: remember_online_login(
                 station, user=login.user, identifier=self.identifier.value, pin=pin or None
             )
@@ -172,7 +173,7 @@ class _LoginForm:
             return
         station = current_station()
         try:
-            actor = await run.io_bound(
+            actor = await off_loop(
                 lambda: check_pin(station, identifier=self.identifier.value, pin=self.pin.value)
             )
         except StoreError as refusal:
@@ -187,9 +188,9 @@ class _LoginForm:
         self.emergency_name.error = None
         self.emergency_reason.error = None
         station = current_station()
-        sites = await run.io_bound(known_sites, station)
+        sites = await off_loop(known_sites, station)
         try:
-            actor = await run.io_bound(
+            actor = await off_loop(
                 lambda: emergency_access(
                     station, name=self.emergency_name.value, reason=self.emergency_reason.value, sites=sites
                 )

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from nicegui import run
 
 from store import remote
 from store.station import Station
+from ui.offloop import off_loop
 
 API = "/api/v1/auth"
 TIMEOUT = httpx.Timeout(10.0, connect=4.0)
@@ -52,7 +52,7 @@ async def verify_code(station: Station, identifier: str, code: str, pin: str | N
 
 async def end_session(station: Station, token: str) -> None:
     """Sign the cloud session out (best effort: an unreachable cloud lets it expire by itself)."""
-    state = await run.io_bound(remote.load_state, station)
+    state = await off_loop(remote.load_state, station)
     if not state.cloud_url:
         return
     async with httpx.AsyncClient(base_url=state.cloud_url, timeout=TIMEOUT) as client:
@@ -63,7 +63,7 @@ async def end_session(station: Station, token: str) -> None:
 
 
 async def _post(station: Station, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    state = await run.io_bound(remote.load_state, station)
+    state = await off_loop(remote.load_state, station)
     if not state.linked or not state.cloud_url or not state.credential:
         raise CloudUnavailable(
             "This station is not linked to a cloud yet: sign in with your PIN, or use emergency access.",

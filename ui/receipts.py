@@ -8,8 +8,9 @@ seconds), so a page with two hundred applicators costs one read, not two hundred
 import weakref
 from collections.abc import Callable
 
-from nicegui import run, ui
+from nicegui import ui
 
+from ui.offloop import off_loop
 from ui.session import current_station, sync_service
 
 RECEIPT_TEXT = {
@@ -66,7 +67,7 @@ async def refresh_badges(badges: list[ReceiptBadge]) -> None:
     if not live:
         return
     keys = [(b.table, b.record_id) for b in live]
-    found = await run.io_bound(_read_receipts, keys)
+    found = await off_loop(_read_receipts, keys)
     for badge, receipt in zip(live, found, strict=True):
         if receipt is not None and not badge.is_deleted:
             badge.show(receipt)

@@ -13,12 +13,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from nicegui import run, ui
+from nicegui import ui
 
 from store.errors import StoreError
 from store.review_items import ConflictItem, HeldChange, RecordContext, awaiting_person
 from store.station import Actor, Station
 from ui.frame import BUTTON, frame
+from ui.offloop import off_loop
 from ui.session import current_station, require_actor
 
 RULE_WORDS = {
@@ -48,7 +49,7 @@ class ReviewPage:
         ui.timer(0.05, self.refresh, once=True)
 
     async def refresh(self) -> None:
-        conflicts, held = await run.io_bound(awaiting_person, self.station, self.actor)
+        conflicts, held = await off_loop(awaiting_person, self.station, self.actor)
         self.body.clear()
         with self.body:
             if not conflicts and not held:
@@ -131,7 +132,7 @@ class ReviewPage:
             return
         value = _parse(merged.value) if kind == "keep_merged" else None
         try:
-            await run.io_bound(resolver(self.station, self.actor, conflict.id, reason.value, value))
+            await off_loop(resolver(self.station, self.actor, conflict.id, reason.value, value))
         except StoreError as refusal:
             target = merged if refusal.field in ("value", "merged") else reason
             target.error = refusal.message

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fastapi.responses import JSONResponse
-from nicegui import app, background_tasks, run
+from nicegui import app, background_tasks
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -23,6 +23,7 @@ from store.enums import QueueStatus
 from store.models import SyncQueueEntry, Treatment
 from store.station import Settings, Station, open_station
 from ui import session
+from ui.offloop import off_loop
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ async def health() -> JSONResponse:
     station = session.opened_station()
     if station is None:
         return JSONResponse({"status": "starting"}, status_code=503)
-    counts = await run.io_bound(_counts, station)
+    counts = await off_loop(_counts, station)
     return JSONResponse({"status": "ok", "device_id": station.device_id, **counts})
 
 

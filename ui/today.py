@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
-from nicegui import run, ui
+from nicegui import ui
 
 from store.enums import Indication
 from store.errors import ConfirmationRequired, StoreError
@@ -29,6 +29,7 @@ from store.worklist import (
     surgeon_names,
 )
 from ui.frame import BUTTON, frame, receipt_badge
+from ui.offloop import off_loop
 from ui.session import BrowserSession, current_session, current_station, require_actor
 
 INPUT = "w-full text-lg"
@@ -43,7 +44,7 @@ async def today_page() -> None:
     if actor is None or session is None:
         return
     station = current_station()
-    sites = await run.io_bound(sites_for, station, actor)
+    sites = await off_loop(sites_for, station, actor)
     if session.site not in sites:
         session.site = sites[0] if sites else None
     with frame("Today"):
@@ -103,7 +104,7 @@ class TodayPage:
 
     # --- the list -----------------------------------------------------------------------------------
     async def refresh(self) -> None:
-        items = await run.io_bound(day_list, self.station, self.actor, self.site, self.days)
+        items = await off_loop(day_list, self.station, self.actor, self.site, self.days)
         self.lists.clear()
         with self.lists:
             for word, day in zip(DAY_WORDS, self.days, strict=True):
@@ -147,7 +148,7 @@ class TodayPage:
 
     # --- start an insertion from an order -------------------------------------------------------------
     async def insertion_dialog(self, day: date | None = None, order: str | None = None) -> None:
-        surgeons = await run.io_bound(surgeon_names, self.station, self.site)
+        surgeons = await off_loop(surgeon_names, self.station, self.site)
         with (
             ui.dialog().props("data-testid=insertion-dialog") as dialog,
             ui.card().classes("w-[40rem] gap-4"),
@@ -165,7 +166,7 @@ class TodayPage:
             surgeon.classes(INPUT)
 
             async def load_orders() -> None:
-                choices = await run.io_bound(order_choices, self.station, self.actor, site.value, when.value)
+                choices = await off_loop(order_choices, self.station, self.actor, site.value, when.value)
                 patient.options = {c.order_name: _order_words(c) for c in choices}
                 patient.value = order if order in patient.options else None
                 patient.update()
@@ -279,7 +280,7 @@ class TodayPage:
             message = ui.label("").classes("text-lg text-red-800").props("data-testid=removal-message")
 
             async def find() -> None:
-                found = await run.io_bound(
+                found = await off_loop(
                     lambda: finalised_insertions(
                         self.station, self.actor, site.value, search=search.value or ""
                     )
@@ -300,7 +301,7 @@ class TodayPage:
                     confirm_outside_window=confirmed,
                 )
                 try:
-                    change = await run.io_bound(call)
+                    change = await off_loop(call)
                 except ConfirmationRequired as question:
                     message.text = question.message
                     with results:
@@ -325,7 +326,7 @@ class TodayPage:
 
     # --- continuation -------------------------------------------------------------------------------------
     async def continuation_dialog(self) -> None:
-        choices = await run.io_bound(continuable, self.station, self.actor, self.site)
+        choices = await off_loop(continuable, self.station, self.actor, self.site)
         with (
             ui.dialog().props("data-testid=continuation-dialog") as dialog,
             ui.card().classes("w-[44rem] gap-3"),
@@ -342,7 +343,7 @@ class TodayPage:
             async def choose(choice: InsertionChoice) -> None:
                 message.text = ""
                 try:
-                    change = await run.io_bound(
+                    change = await off_loop(
                         lambda: start_continuation(self.station, self.actor, parent_id=choice.treatment_id)
                     )
                 except StoreError as refusal:
@@ -399,7 +400,7 @@ class TodayPage:
     ) -> None:
         """Run a store command off the loop; a refusal goes to its field, success opens the page."""
         try:
-            change = await run.io_bound(call)
+            change = await off_loop(call)
         except StoreError as refusal:
             target = fields.get(refusal.field or "")
             if target is not None and hasattr(target, "error"):

@@ -29,7 +29,7 @@ from nicegui.testing.user_simulation import user_simulation
 from sqlalchemy import Engine, insert
 
 from store import remote
-from store.station import Station, open_station
+from store.station import Settings, Station, open_station
 from store.validation_cache import bundle_checksum, install_bundle
 from tests.cloud.conftest import app_engine, cloud_db, owner_engine  # noqa: F401  (fixtures by name)
 from tests.ui import harness
@@ -121,10 +121,27 @@ async def simulated_station(
 
 
 @pytest.fixture
+def station_settings() -> Settings | None:
+    """The station's settings (None: the defaults); a test module overrides this fixture to change them."""
+    return None
+
+
+@pytest.fixture
+def station_sync() -> bool:
+    """Whether the station runs its background sync (a test module overrides this fixture to turn it on)."""
+    return False
+
+
+@pytest.fixture
 async def user(
-    station_dir: Path, ui_clock: FakeClock, caplog: pytest.LogCaptureFixture
+    station_dir: Path,
+    ui_clock: FakeClock,
+    station_settings: Settings | None,
+    station_sync: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> AsyncIterator[User]:
-    async with simulated_station(harness.StationConfig(station_dir, ui_clock), caplog) as simulated:
+    config = harness.StationConfig(station_dir, ui_clock, settings=station_settings, start_sync=station_sync)
+    async with simulated_station(config, caplog) as simulated:
         yield simulated
 
 
@@ -219,9 +236,13 @@ def cloud_link(
 
 @pytest.fixture
 async def linked_user(
-    cloud_link: CloudLink, station_dir: Path, real_clock: FakeClock, caplog: pytest.LogCaptureFixture
+    cloud_link: CloudLink,
+    station_dir: Path,
+    real_clock: FakeClock,
+    station_settings: Settings | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> AsyncIterator[User]:
     """A simulated browser on the linked station, its background sync running."""
-    config = harness.StationConfig(station_dir, real_clock, start_sync=True)
+    config = harness.StationConfig(station_dir, real_clock, settings=station_settings, start_sync=True)
     async with simulated_station(config, caplog) as simulated:
         yield simulated
