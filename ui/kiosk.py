@@ -12,6 +12,7 @@ import logging
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -49,13 +50,27 @@ def kiosk_command(port: int, *, profile_dir: Path, browser: str = CHROMIUM) -> l
     return [browser, *KIOSK_FLAGS, f"--user-data-dir={profile_dir}", f"--app={url}"]
 
 
-def open_kiosk_when_ready(port: int, *, data_dir: Path, browser: str = CHROMIUM) -> threading.Thread:
+@dataclass
+class Kiosk:
+    """The waiting thread and, once started, the browser."""
+
+    port: int
+    profile_dir: Path
+    browser: str
+    thread: threading.Thread | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
+
+def open_kiosk_when_ready(port: int, *, data_dir: Path, browser: str = CHROMIUM) -> Kiosk:
     """Start (in a thread) waiting for the station, then Chromium in kiosk mode on it."""
-    thread = threading.Thread(
-        target=_open_when_ready, args=(port, data_dir / "kiosk-profile", browser), name="kiosk", daemon=True
-    )
-    thread.start()
-    return thread
+    kiosk = Kiosk(port, data_dir / "kiosk-profile", browser)
+    kiosk.thread = threading.Thread(target=_open_when_ready, args=(kiosk,), name="kiosk", daemon=True)
+    kiosk.thread.start()
+    return kiosk
 
 
 def wait_until_ready(port: int, *, timeout_s: float = READY_TIMEOUT_S) -> bool:
@@ -70,14 +85,15 @@ def wait_until_ready(port: int, *, timeout_s: float = READY_TIMEOUT_S) -> bool:
     return False
 
 
-def _open_when_ready(port: int, profile_dir: Path, browser: str) -> None:
-    if not wait_until_ready(port):
+def _open_when_ready(kiosk: Kiosk) -> None:
+    if not wait_until_ready(kiosk.port):
         log.warning(
-            "the station did not answer on port %s within %.0f s: kiosk not started", port, READY_TIMEOUT_S
+            "the station did not answer on port %s within %.0f s: no kiosk", kiosk.port, READY_TIMEOUT_S
         )
         return
-    if not Path(browser).exists():
-        log.warning("%s is not installed: open http://127.0.0.1:%s/ in a browser", browser, port)
+    if not Path(kiosk.browser).exists():
+        log.warning("%s is not installed: open http://127.0.0.1:%s/ in a browser", kiosk.browser, kiosk.port)
         return
-    profile_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    subprocess.Popen(kiosk_command(port, profile_dir=profile_dir, browser=browser), start_new_session=True)
+    kiosk.profile_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    command = kiosk_command(kiosk.port, profile_dir=kiosk.profile_dir, browser=kiosk.browser)
+    kiosk.process = subprocess.Popen(command, start_new_session=True)
