@@ -55,7 +55,7 @@ from store.models import SyncConflict
 from store.pulled_resolutions import PAIR_RULES
 from store.station import Actor, Station
 from sync.protocol import IMMUTABLE_FIELDS
-from sync.rules import rule_for
+from sync.rules import RULES, rule_for
 from sync.wire import CLEAR, SEALED, TABLES, station_field, station_values, typed_value
 
 CONFLICTS = SyncConflict.__table__
@@ -255,6 +255,8 @@ class _Decision:
                 chosen[name] = seen[name]
         if how is ConflictResolution.MERGED:
             chosen = self._merged_values(table.name, wire_field, values or {})
+        else:
+            chosen |= self._followers_of_side(how, record, wire_field, chosen)
         changes = station_values(self.station.cipher, table.name, _typed(table, chosen), row=record)
         current = record.get("status")
         moves_final = current in TERMINAL_STATUSES and chosen.get("status", current) != current
@@ -270,6 +272,31 @@ class _Decision:
             [_settled(self.conn, r) for r in group],
             wire_changed=(base, chosen),
         )
+
+    def _followers_of_side(
+        self, how: ConflictResolution, record: Mapping[str, Any], leader: str, chosen: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The followers of the chosen side (a status's seed count, its time), so the record stays
+        whole: a status never lands without the count that goes with it."""
+        names = [
+            name
+            for (table_name, name), rule in RULES.items()
+            if table_name == self.row["table_name"] and rule.leader == leader
+            and name not in chosen and name not in LOCAL_ONLY
+        ]  # fmt: skip
+        if not names:
+            return {}
+        if how is ConflictResolution.KEEP_LOCAL:
+            entry = codec(remote.QUEUE).select(self.conn, "op_id = ?", (self.row["op_id"],))
+            side = entry[0]["payload"] if entry else {}
+        elif self.row["cloud_conflict_id"] is None:
+            raise InvalidInput(
+                f"The cloud's values that go with its {leader} are not on this station yet: sync first, "
+                "or give them with a merged decision."
+            )
+        else:
+            side = {name: self._current(record, name) for name in names}  # taken from the cloud's answer
+        return {name: side[name] for name in names if name in side}
 
     def _held_followers(self, leader: str) -> list[dict[str, Any]]:
         """The open rows of the same record whose field follows the conflict's field."""

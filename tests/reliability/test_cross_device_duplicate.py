@@ -21,10 +21,19 @@ from store.journal import QUEUE
 from store.models import Applicator, SyncConflict
 from store.resolution import conflicts_awaiting, keep_in_treatment
 from store.scanning import Confirmation, scan_applicator
-from tests.cloud.conftest import app_engine, cloud_db, owner_engine  # noqa: F401  (fixtures by name)
+from tests.cloud import conftest as cloud_fixtures
 from tests.cloud.test_push import Cloud
-from tests.sync.conftest import Laptop, LaptopFactory, clock, cloud, laptops, walk  # noqa: F401
+from tests.sync import conftest as sync_fixtures
+from tests.sync.conftest import Laptop, LaptopFactory, walk
 from tests.utils.data import ALPHATAU, NURSE
+
+# The sync tests' fixtures, by name: laptops linked to the real cloud over loopback.
+cloud_db, app_engine, owner_engine = (
+    cloud_fixtures.cloud_db,
+    cloud_fixtures.app_engine,
+    cloud_fixtures.owner_engine,
+)
+cloud, clock, laptops = sync_fixtures.cloud, sync_fixtures.clock, sync_fixtures.laptops
 
 S = ApplicatorStatus
 APPLICATORS = Applicator.__table__
@@ -120,7 +129,7 @@ def test_removing_an_inserted_applicator_to_settle_a_clash_needs_a_supervisor(
     laptops: LaptopFactory, cloud: Cloud
 ) -> None:
     a, b = laptops("a"), laptops("b")
-    here, there, mine, theirs = both_scan_offline(a, b)
+    here, _there, mine, theirs = both_scan_offline(a, b)
     walk(a, mine["id"], S.INSERTED)
     walk(b, theirs["id"], S.INSERTED)  # recorded as inserted on both: one record is wrong
     sync_twice_each(a, b)
