@@ -37,6 +37,12 @@ SLOW_MS = 1000.0  # an answer slower than this is "degraded": rounds will crawl
 FAILED_WHILE_REACHABLE = frozenset({Outcome.FAILED, Outcome.REFUSED, Outcome.UNAUTHORISED, Outcome.OUTDATED})
 
 
+ROUND_WORDS = {
+    Outcome.OK: "the last sync round completed",
+    Outcome.OFFLINE: "the last sync round found no cloud",
+}
+
+
 class Connectivity(StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"
@@ -125,6 +131,16 @@ class ConnectivityMonitor:
         """Why the banner stays degraded or not linked until a round succeeds (None: nothing held)."""
         with self._lock:
             return self._held[1] if self._held else None
+
+    def detail(self) -> str | None:
+        """What stands behind `connectivity()`, in words (None: nothing observed yet)."""
+        with self._lock:
+            held, probe, round_ = self._held, self._probe, self._round
+        if held is not None:
+            return held[1]
+        if round_ is not None and (probe is None or round_[0] > probe[0]):
+            return ROUND_WORDS.get(round_[1], f"the last sync round ended {round_[1].value}")
+        return probe[1].detail if probe else None
 
     def connectivity(self) -> Connectivity:
         with self._lock:

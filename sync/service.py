@@ -171,7 +171,7 @@ class SyncService:
     # --- what the pages read -------------------------------------------------------------------------
     def status(self) -> BannerStatus:
         """The banner's data from the store (blocking: call it through `run.io_bound`)."""
-        return read_banner(self.station, self.monitor.connectivity())
+        return read_banner(self.station, self.monitor.connectivity(), detail=self.monitor.detail())
 
     def receipt(self, table: str, record_id: str) -> Receipt:
         """One record's receipt (blocking: call it through `run.io_bound`)."""

@@ -11,13 +11,11 @@ Both are synchronous and cheap (a handful of indexed counts): the UI calls them 
 `run.io_bound`, never on its event loop.
 """
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
-from sqlalchemy import Connection, Integer, func, select
+from sqlalchemy import Connection, Integer, func, select, text
 
 from store.engine import read_transaction
 from store.enums import CacheType, ConflictStatus, Priority, QueueStatus
@@ -84,6 +82,7 @@ class BannerStatus:
     quarantined: int  # changes the cloud refused: shown, never blocking the others
     entries_needing_person: int  # changes retried too often
     checked_at: datetime  # UTC, the station's clock
+    connectivity_detail: str | None = None  # in words: why degraded or offline (the monitor's last word)
 
     @property
     def cache_fresh(self) -> bool:
@@ -96,7 +95,11 @@ def clock_unreliable(offset_ms: int | None, threshold_ms: int = SKEW_THRESHOLD_M
 
 
 def read_banner(
-    station: Station, connectivity: Connectivity, *, skew_threshold_ms: int = SKEW_THRESHOLD_MS
+    station: Station,
+    connectivity: Connectivity,
+    *,
+    detail: str | None = None,
+    skew_threshold_ms: int = SKEW_THRESHOLD_MS,
 ) -> BannerStatus:
     now = station.now()
     with read_transaction(station.engine) as conn:
@@ -107,6 +110,7 @@ def read_banner(
         cache = _cache_freshness(conn, now)
     if not (state["cloud_url"] and state["credential_enc"]):
         connectivity = Connectivity.NOT_LINKED  # the store is the truth, whatever was probed before
+        detail = "This station is not linked to a cloud: everything stays saved here."
     waiting = {label: 0 for label in PRIORITY_LABELS.values()}
     for (status, priority), n in by_status_priority.items():
         if status in WAITING:
@@ -130,6 +134,7 @@ def read_banner(
         quarantined=quarantined,
         entries_needing_person=needing,
         checked_at=now,
+        connectivity_detail=detail,
     )
 
 
@@ -183,30 +188,39 @@ def _open_conflicts(conn: Connection) -> tuple[int, int]:
 
 
 def _cache_freshness(conn: Connection, now: datetime) -> dict[str, CacheFreshness]:
-    rows = conn.execute(
-        select(
-            CACHE.c.cache_type,
-            func.count(),
-            func.min(CACHE.c.valid_until),
-            func.max(CACHE.c.bundle_version),
-        ).group_by(CACHE.c.cache_type)
-    ).all()
-    found: Mapping[str, Any] = {r[0]: r for r in rows}
-    bundle = found.get(CacheType.BUNDLE.value)
-    users = conn.execute(select(func.count()).where(USERS.c.is_active)).scalar_one()
+    """Each kind's earliest valid_until and its bundle version, by index (a bundle may hold 100,000
+    applicators: a full scan every few seconds for the banner would not be cheap)."""
+    bundle = conn.execute(_BUNDLE, {"kind": CacheType.BUNDLE.value}).first()
     cache: dict[str, CacheFreshness] = {}
     for kind in CACHE_KINDS:
-        # Users arrive with the bundle and are kept in their own table: the bundle's dates are theirs.
-        source = bundle if kind == "users" else found.get(kind)
-        if source is None and bundle is not None:
-            source = bundle  # the bundle had none of this kind: it is as fresh as the bundle
-        entries = users if kind == "users" else (found[kind][1] if kind in found else 0)
-        valid_until = source[2] if source is not None else None
+        if kind == "users":
+            # Users arrive with the bundle and live in their own table: the bundle's dates are theirs.
+            source = bundle
+            entries = conn.execute(select(func.count()).where(USERS.c.is_active)).scalar_one()
+        else:
+            # A bundle with none of this kind: that kind is as fresh as the bundle.
+            source = conn.execute(_EARLIEST, {"kind": kind}).first() or bundle
+            entries = conn.execute(_COUNT, {"kind": kind}).scalar_one()
+        valid_until = source.valid_until if source is not None else None
         cache[kind] = CacheFreshness(
             kind=kind,
-            bundle_version=source[3] if source is not None else None,
+            bundle_version=source.bundle_version if source is not None else None,
             valid_until=valid_until,
             fresh=valid_until is not None and now < valid_until,
             entries=int(entries),
         )
     return cache
+
+
+_TYPED = {"valid_until": CACHE.c.valid_until.type, "bundle_version": CACHE.c.bundle_version.type}
+# `+cache_type` keeps SQLite off the cache_type indexes, so it walks the valid_until index in
+# order and stops at the first row of the kind instead of sorting every row of it.
+_EARLIEST = text(
+    "SELECT valid_until, bundle_version FROM validation_cache WHERE +cache_type = :kind "
+    "ORDER BY valid_until LIMIT 1"
+).columns(**_TYPED)
+_BUNDLE = text(
+    "SELECT valid_until, bundle_version FROM validation_cache "
+    "WHERE cache_type = :kind AND cache_key = 'current'"
+).columns(**_TYPED)
+_COUNT = text("SELECT count(*) FROM validation_cache WHERE cache_type = :kind")

@@ -132,6 +132,7 @@ def test_a_round_that_fails_while_the_cloud_answers_keeps_it_degraded_until_a_ro
     assert refused.outcome is Outcome.UNAUTHORISED
     assert monitor.connectivity() is Connectivity.DEGRADED
     assert "unauthorised" in (monitor.held_reason or "") and monitor.last_success_at is None
+    assert monitor.detail() == monitor.held_reason  # the banner says why
 
     relink(a, url)
     good = a.engine.run_round()
@@ -152,6 +153,7 @@ def test_the_newest_observation_speaks(laptops: LaptopFactory) -> None:
     offline = a.engine.run_round()
     monitor.note_round(offline)
     assert offline.outcome is Outcome.OFFLINE and monitor.connectivity() is Connectivity.OFFLINE
+    assert monitor.detail() == "the last sync round found no cloud"
 
     relink(a, url)
     monitor.check()

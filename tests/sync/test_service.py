@@ -106,6 +106,7 @@ async def test_a_scheduled_round_and_sync_now_both_complete_and_reach_the_cloud(
         probe = await service.check_connectivity()
         status = await asyncio.to_thread(service.status)
         assert probe.connectivity is Connectivity.ONLINE and status.connectivity is Connectivity.ONLINE
+        assert status.connectivity_detail == probe.detail and probe.detail.startswith("the cloud answered")
         assert status.waiting_total == 0 and status.last_success_at == pressed.started_at
     finally:
         await service.stop()

@@ -49,6 +49,7 @@ def test_a_station_never_linked_says_so_and_counts_what_it_holds(
     status = read_banner(fresh_station, Connectivity.ONLINE)  # a stale "online" never beats the store
 
     assert status.connectivity is Connectivity.NOT_LINKED
+    assert "not linked" in (status.connectivity_detail or "")
     assert (status.last_success_at, status.last_attempt_at, status.last_error) == (None, None, None)
     assert (status.waiting_total, status.waiting_by_priority) == (0, NO_WAITING)
     assert (status.clock_offset_ms, status.clock_unreliable) == (None, True)  # never measured: not trusted
