@@ -198,3 +198,21 @@ def test_the_demo_runs_priority_cloud_and_a_seeded_station_that_syncs(
     finally:
         http.close()
         cloud_db.dispose()
+
+
+def test_without_postgresql_the_demo_says_what_it_needs(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env |= {
+        "DART_DEMO_DIR": str(tmp_path / "demo"),
+        "DART_STATION_PORT": str(free_port()),
+        "DART_CLOUD_PORT": str(free_port()),
+        "DART_PRIORITY_PORT": str(free_port()),
+        "DART_DEMO_PG_URL": f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}",  # nobody listens
+    }
+    done = subprocess.run(
+        [sys.executable, "run.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "The demo cannot start: PostgreSQL is not reachable" in done.stderr
+    assert "docs/operations.md" in done.stderr and "Traceback" not in done.stderr
