@@ -1,0 +1,66 @@
+"""Regressions found by the convergence test (tests/reliability/test_convergence.py), each shrunk to
+the few steps that showed it, with real stations and the real cloud (tests/sync/conftest.py).
+"""
+
+from typing import Any
+
+from sqlalchemy import select
+
+from cloud.cipher import open_record
+from cloud.push import TABLES as CLOUD_TABLES
+from store.applicators import change_status
+from store.enums import ApplicatorStatus
+from sync.wire import TABLES as STATION_TABLES
+from sync.wire import local_record, typed_record
+from tests.cloud.test_push import Cloud
+from tests.sync.conftest import Laptop, LaptopFactory
+from tests.utils.data import NURSE, FakeClock
+
+S = ApplicatorStatus
+
+
+def records(laptop: Laptop, table_name: str) -> dict[str, dict[str, Any]]:
+    """A station's records as the wire carries them (patient fields decrypted, bookkeeping left out)."""
+    rows = laptop.rows(STATION_TABLES[table_name])
+    return {r["id"]: local_record(laptop.station.cipher, table_name, r) for r in rows}
+
+
+def cloud_records(cloud: Cloud, table_name: str) -> dict[str, dict[str, Any]]:
+    table = CLOUD_TABLES[table_name]
+    return {
+        r.id: typed_record(table_name, open_record(r.data, cloud.cipher))
+        for r in cloud.rows(select(table.c.id, table.c.data))
+    }
+
+
+def test_the_same_status_set_on_two_laptops_leaves_both_with_the_clouds_record_stamps(
+    laptops: LaptopFactory, cloud: Cloud, clock: FakeClock
+) -> None:
+    """Found as: A3 holds hlc and updated_at of its own edit, the cloud those of A1's.
+
+    Both laptops open one applicator. The first push sets the cloud's record; the second laptop
+    pulls it while its own move is pending (merged), then pushes a change the cloud already has
+    (nothing taken, no new version). The second laptop must end with the cloud's record, stamps
+    included, or the two laptops show different "last changed" times for ever.
+    """
+    a, b = laptops("a"), laptops("b")
+    applicator = a.scan(a.insertion(), "DART-9000-00000")
+    a.sync()
+    b.sync()
+    change_status(a.station, NURSE, applicator_id=applicator["id"], status=S.OPENED)
+    clock.advance(seconds=5)
+    change_status(b.station, NURSE, applicator_id=applicator["id"], status=S.OPENED)
+
+    a.sync()
+    b.sync()  # pulls a's move while its own is pending, then pushes it: nothing new for the cloud
+    a.sync()
+
+    in_cloud = cloud_records(cloud, "applicators")[applicator["id"]]
+    for laptop in (a, b):
+        assert differences(records(laptop, "applicators")[applicator["id"]], in_cloud) == {}
+
+
+def differences(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return {
+        k: (mine.get(k), theirs.get(k)) for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)
+    }
