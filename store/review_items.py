@@ -124,6 +124,17 @@ def awaiting_person(station: Station, actor: Actor) -> tuple[list[ConflictItem],
     )
 
 
+def treatment_contexts(station: Station, treatment_ids: list[str]) -> dict[str, RecordContext]:
+    """Patient, id and site of each treatment this station holds (for the conflicts' headings)."""
+    with read_transaction(station.engine) as conn:
+        return {tid: _context(station, conn, "treatments", tid) for tid in dict.fromkeys(treatment_ids)}
+
+
+def held_changes(station: Station, actor: Actor) -> list[HeldChange]:
+    """Changes the cloud refused or that were retried too often, at the actor's sites."""
+    return awaiting_person(station, actor)[1]
+
+
 def _visible(actor: Actor) -> Any:
     # A record this station holds no treatment for (the other side of a serial clash) is shown: the
     # person must see it to decide, and it came from this station's own sites.

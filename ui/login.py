@@ -16,7 +16,14 @@ import itertools
 from nicegui import ui
 
 from store.errors import StoreError
-from store.sign_in import check_pin, emergency_access, find_user, known_sites, remember_online_login
+from store.sign_in import (
+    MAX_PIN_FAILURES,
+    check_pin,
+    emergency_access,
+    find_user,
+    known_sites,
+    remember_online_login,
+)
 from ui.frame import BUTTON
 from ui.login_client import CloudUnavailable, LoginProblem, request_code, verify_code
 from ui.offloop import off_loop
@@ -139,7 +146,13 @@ class _LoginForm:
         station = current_station()
         pin = (self.new_pin.value or "").strip()
         known = await off_loop(find_user, station, self.identifier.value)
-        pin_needed = known is None or not known.has_pin or known.failed_attempts > 0
+        # A new PIN is needed where the station holds no usable one: none, blocked, or past its grace.
+        pin_needed = (
+            known is None
+            or not known.has_pin
+            or known.failed_attempts >= MAX_PIN_FAILURES
+            or (known.pin_valid_until is not None and known.pin_valid_until <= station.now())
+        )
         if pin or pin_needed:
             problem = pin_problem(pin)
             if problem:

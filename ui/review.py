@@ -8,15 +8,17 @@ applicator serial) before any button. A resolution needs a reason and is made by
 and sent to the cloud like any change.
 """
 
-import importlib.util
 import json
 from collections.abc import Callable
 from typing import Any
 
 from nicegui import ui
 
+from store import resolution
 from store.errors import StoreError
-from store.review_items import ConflictItem, HeldChange, RecordContext, awaiting_person
+from store.pulled_resolutions import PAIR_RULES
+from store.resolution import AwaitingConflict, conflicts_awaiting
+from store.review_items import HeldChange, RecordContext, held_changes, treatment_contexts
 from store.station import Actor, Station
 from ui.frame import BUTTON, frame
 from ui.offloop import off_loop
@@ -49,7 +51,7 @@ class ReviewPage:
         ui.timer(0.05, self.refresh, once=True)
 
     async def refresh(self) -> None:
-        conflicts, held = await off_loop(awaiting_person, self.station, self.actor)
+        conflicts, contexts, held = await off_loop(_awaiting, self.station, self.actor)
         self.body.clear()
         with self.body:
             if not conflicts and not held:
@@ -58,47 +60,57 @@ class ReviewPage:
             if conflicts:
                 ui.label(f"Conflicts ({len(conflicts)})").classes("text-2xl font-semibold")
                 for conflict in conflicts:
-                    self._conflict(conflict)
+                    self._conflict(conflict, [contexts[t] for t in conflict.treatment_ids if t in contexts])
             if held:
                 ui.label(f"Changes the cloud did not accept ({len(held)})").classes("text-2xl font-semibold")
                 for change in held:
                     self._held(change)
 
-    def _conflict(self, conflict: ConflictItem) -> None:
+    def _conflict(self, conflict: AwaitingConflict, contexts: list[RecordContext]) -> None:
         colour = "border-red-600" if conflict.is_safety else "border-amber-500"
-        with (
-            ui.card()
-            .classes(f"w-full border-l-8 {colour} gap-2")
-            .props(f"data-testid=conflict-{conflict.id}")
-        ):
-            title = RULE_WORDS.get(conflict.rule or "", f"Both sides changed “{conflict.field}”")
-            if conflict.is_safety:
-                title = f"Safety: {title}"
-            ui.label(title).classes("text-xl font-bold")
-            _context(conflict.context)
-            ui.label(f"{conflict.table} · field “{conflict.field}”").classes("text-base")
-            with ui.row().classes("w-full gap-8"):
-                _value("This station", conflict.local_value)
-                _value("The cloud", conflict.server_value)
-            if conflict.reason:
-                ui.label(conflict.reason).classes("text-base italic")
+        card = ui.card().classes(f"w-full border-l-8 {colour} gap-2")
+        with card.props(f"data-testid=conflict-{conflict.conflict_id}"):
+            title = RULE_WORDS.get(conflict.rule, f"Both sides changed “{conflict.field}”")
+            ui.label(f"Safety: {title}" if conflict.is_safety else title).classes("text-xl font-bold")
+            for context in contexts or [RecordContext(None, None, None, None, None)]:
+                _context(context)
+            ui.label(conflict.summary).classes("text-lg")
+            pair = conflict.rule in PAIR_RULES
+            if not pair:
+                with ui.row().classes("w-full gap-8"):
+                    _value("This station", conflict.local_value)
+                    _value("The cloud", conflict.server_value)
             reason = ui.input("Why is this the right choice? (recorded)").props(
-                f"outlined data-testid=reason-{conflict.id}"
+                f"outlined data-testid=reason-{conflict.conflict_id}"
             )
             reason.classes("w-full text-lg")
-            merged = ui.input("The right value (for “Enter the right value”)").props(
-                f"outlined data-testid=merged-{conflict.id}"
-            )
-            merged.classes("w-full text-lg")
-            with ui.row().classes("gap-3"):
-                for text, kind in (
-                    ("Keep this station's value", "keep_local"),
-                    ("Keep the cloud's value", "keep_server"),
-                    ("Enter the right value", "keep_merged"),
-                ):
-                    ui.button(
-                        text, on_click=lambda k=kind, c=conflict: self._resolve(k, c, reason, merged)
-                    ).props(f"size=lg data-testid={kind}-{conflict.id}").classes(BUTTON)
+            with ui.row().classes("gap-3 flex-wrap"):
+                if conflict.admin_only:
+                    self._button("Acknowledge", "keep_local", conflict, reason, None)
+                elif pair:
+                    for context in contexts:
+                        who = context.patient_label or context.subject_id or context.treatment_id
+                        ui.button(
+                            f"Keep it in the treatment of {who}",
+                            on_click=lambda c=context: self._resolve(
+                                "keep_in_treatment", conflict, reason, None, c.treatment_id
+                            ),
+                        ).props(f"size=lg data-testid=keep-in-{context.treatment_id}").classes(BUTTON)
+                else:
+                    merged = ui.input(f"The right value of “{conflict.field}”").props(
+                        f"outlined data-testid=merged-{conflict.conflict_id}"
+                    )
+                    merged.classes("w-full text-lg")
+                    self._button("Keep this station's value", "keep_local", conflict, reason, None)
+                    self._button("Keep the cloud's value", "keep_server", conflict, reason, None)
+                    self._button("Enter the right value", "keep_merged", conflict, reason, merged)
+
+    def _button(
+        self, text: str, kind: str, conflict: AwaitingConflict, reason: ui.input, merged: ui.input | None
+    ) -> None:
+        ui.button(text, on_click=lambda: self._resolve(kind, conflict, reason, merged, None)).props(
+            f"size=lg data-testid={kind}-{conflict.conflict_id}"
+        ).classes(BUTTON)
 
     def _held(self, change: HeldChange) -> None:
         with (
@@ -117,44 +129,66 @@ class ReviewPage:
                 "Call Alpha Tau support to reconcile it with the cloud."
             ).classes("text-base")
 
-    async def _resolve(self, kind: str, conflict: ConflictItem, reason: ui.input, merged: ui.input) -> None:
+    async def _resolve(
+        self,
+        kind: str,
+        conflict: AwaitingConflict,
+        reason: ui.input,
+        merged: ui.input | None,
+        keeper: str | None,
+    ) -> None:
         reason.error = None
-        merged.error = None
+        if merged is not None:
+            merged.error = None
         if not (reason.value or "").strip():
             reason.error = "Give the reason for this decision: it is recorded with it."
             return
-        if kind == "keep_merged" and not (merged.value or "").strip():
+        if kind == "keep_merged" and merged is not None and not (merged.value or "").strip():
             merged.error = "Enter the value that is right."
             return
-        resolver = _resolver(kind)
-        if resolver is None:
-            reason.error = "Resolving conflicts on this station is not available in this version."
-            return
-        value = _parse(merged.value) if kind == "keep_merged" else None
+        call = _command(self.station, self.actor, kind, conflict, reason.value, merged, keeper)
         try:
-            await off_loop(resolver(self.station, self.actor, conflict.id, reason.value, value))
+            await off_loop(call)
         except StoreError as refusal:
-            target = merged if refusal.field in ("value", "merged") else reason
+            target = merged if merged is not None and refusal.field not in (None, "reason") else reason
             target.error = refusal.message
             return
-        ui.notify("Resolved and recorded; it goes to the cloud with the next sync.", type="positive")
+        ui.notify("Decided and recorded; it goes to the cloud with the next sync.", type="positive")
         await self.refresh()
 
 
-def _resolver(kind: str) -> Callable[[Station, Actor, str, str, Any], Callable[[], Any]] | None:
-    """The store's resolution command (store/resolution.py), as a call ready for a worker thread."""
-    if importlib.util.find_spec("store.resolution") is None:
-        return None
-    from store import resolution
+def _awaiting(
+    station: Station, actor: Actor
+) -> tuple[list[AwaitingConflict], dict[str, RecordContext], list[HeldChange]]:
+    """What waits for a person at the actor's sites, with the patients of the treatments concerned."""
+    conflicts = conflicts_awaiting(station)
+    contexts = treatment_contexts(station, [t for c in conflicts for t in c.treatment_ids])
+    visible = [
+        c
+        for c in conflicts
+        if all(contexts[t].site is None or actor.may_access(contexts[t].site or "") for t in c.treatment_ids)
+    ]
+    return visible, contexts, held_changes(station, actor)
 
-    command = getattr(resolution, kind)
+
+def _command(
+    station: Station,
+    actor: Actor,
+    kind: str,
+    conflict: AwaitingConflict,
+    reason: str,
+    merged: ui.input | None,
+    keeper: str | None,
+) -> Callable[[], Any]:
+    """The store's decision (store/resolution.py), as a call for a worker thread."""
+    conflict_id = conflict.conflict_id
+    if kind == "keep_in_treatment":
+        return lambda: resolution.keep_in_treatment(station, actor, conflict_id, keeper or "", reason)
     if kind == "keep_merged":
-        return lambda station, actor, conflict_id, reason, value: (
-            lambda: command(station, actor, conflict_id=conflict_id, value=value, reason=reason)
-        )
-    return lambda station, actor, conflict_id, reason, _value: (
-        lambda: command(station, actor, conflict_id=conflict_id, reason=reason)
-    )
+        values = {conflict.field: _parse(merged.value if merged is not None else "")}
+        return lambda: resolution.keep_merged(station, actor, conflict_id, values, reason)
+    command = resolution.keep_local if kind == "keep_local" else resolution.keep_server
+    return lambda: command(station, actor, conflict_id, reason)
 
 
 def _context(context: RecordContext) -> None:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,15 @@ from nicegui.testing import User
 from nicegui.testing.user_simulation import user_simulation
 from sqlalchemy import Engine, insert
 
+from cloud.schema import devices
+from cloud.tokens import digest, new_token
 from store import remote
 from store.station import Settings, Station, open_station
 from store.validation_cache import bundle_checksum, install_bundle
 from tests.cloud.conftest import app_engine, cloud_db, owner_engine  # noqa: F401  (fixtures by name)
 from tests.ui import harness
 from tests.ui.helpers_pages import by_testid
-from tests.utils.data import ALPHATAU, NOW, NURSE, FakeClock, make_bundle
+from tests.utils.data import ALPHATAU, NOW, NURSE, TODAY, FakeClock, make_bundle
 from ui import session
 
 MAIN = Path(__file__).with_name("station_main.py")
@@ -54,8 +56,11 @@ def _pin_hash(pin: str) -> str:
 
 
 def login_bundle(now: datetime = NOW) -> dict[str, Any]:
-    """tests.utils.data's bundle, its users with e-mail addresses and cached PIN hashes."""
+    """tests.utils.data's bundle, its users with e-mail addresses and cached PIN hashes; its orders are
+    moved to the week around `now` (they are around tests.utils.data's TODAY)."""
     bundle = make_bundle(now)
+    for order in bundle["schedule"]:
+        order["day"] = (date.fromisoformat(order["day"]) - TODAY + now.date()).isoformat()
     details = {
         NURSE.user_id: (NURSE_EMAIL, NURSE_PIN),
         ALPHATAU.user_id: (ALPHATAU_EMAIL, ALPHATAU_PIN),
@@ -175,6 +180,21 @@ class CloudLink:
     owner: Engine
     device_id: str
 
+    def link(self, station: Station) -> None:
+        """Enrol another station (a second laptop at the nurse's sites) and link it to this cloud."""
+        token = new_token()
+        with self.owner.begin() as conn:
+            conn.execute(
+                insert(devices).values(
+                    id=station.device_id,
+                    name="second OR laptop",
+                    sites=sorted(NURSE.sites),
+                    credential_hash=digest(token),
+                    enrolled_by="test",
+                )
+            )
+        remote.link_cloud(station, cloud_url=self.url, credential=token, device_id=station.device_id)
+
 
 @pytest.fixture
 def real_clock() -> FakeClock:
@@ -195,8 +215,7 @@ def cloud_link(
     """The cloud on loopback with the nurse as a user, the station enrolled in it and linked to it."""
     from cloud.app import create_app
     from cloud.config import CloudSettings
-    from cloud.schema import devices, sites, users
-    from cloud.tokens import digest, new_token
+    from cloud.schema import sites, users
     from tests.utils.servers import serve
 
     with owner_engine.begin() as conn:
@@ -227,6 +246,8 @@ def cloud_link(
     settings = CloudSettings(
         database_url=cloud_db.app_url, code_sender=f"file:{outbox}", data_key_file=tmp_path / "cloud.key"
     )
+    # This week's validation data, fetched "now": the sync engine will not replace it for an hour.
+    install_bundle(station, login_bundle(real_clock.now))
     with serve(create_app(settings, engine=app_engine, run_jobs=False)) as url:
         remote.link_cloud(station, cloud_url=url, credential=token, device_id=station.device_id)
         device_id = station.device_id

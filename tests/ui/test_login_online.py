@@ -1,12 +1,15 @@
 """Online login against the real cloud (PostgreSQL, HTTP on loopback): the code, the PIN chosen with it,
 and the refusals of each step at their field. The code is read from the cloud's outbox (FileSender)."""
 
+import contextlib
 from pathlib import Path
 
 import pytest
 from nicegui.testing import User
 
 from store import remote
+from store.errors import StoreError
+from store.sign_in import MAX_PIN_FAILURES, check_pin
 from store.station import open_station
 from tests.cloud.test_login import wait_for_code
 from tests.ui.conftest import NURSE_EMAIL, CloudLink, sign_in_with_pin
@@ -61,7 +64,7 @@ async def test_a_wrong_code_is_refused_at_the_code_field(cloud_link: CloudLink, 
 
 
 @pytest.mark.postgres
-async def test_a_guessable_pin_and_a_short_code_are_refused_before_the_cloud_is_asked(
+async def test_a_short_code_and_a_guessable_pin_are_refused_before_the_cloud_is_asked(
     cloud_link: CloudLink, linked_user: User
 ) -> None:
     code = await ask_for_code(linked_user, cloud_link)
@@ -69,12 +72,30 @@ async def test_a_guessable_pin_and_a_short_code_are_refused_before_the_cloud_is_
     by_testid(linked_user, "login-verify").click()
     await linked_user.should_see("The code is the 6 digits of the message.")
     retype(linked_user, "login-code", code)
-    by_testid(linked_user, "login-verify").click()
-    await linked_user.should_see("Choose a PIN (4 to 8 digits)", retries=WAIT)
     by_testid(linked_user, "login-new-pin").type("1234")
     by_testid(linked_user, "login-verify").click()
     await linked_user.should_see("not one digit repeated or a run like 1234", retries=WAIT)
     assert signed_in(linked_user) is None
+
+
+@pytest.mark.postgres
+async def test_a_blocked_pin_must_be_replaced_at_the_online_login(
+    cloud_link: CloudLink, linked_user: User
+) -> None:
+    from ui import session
+
+    station = session.current_station()
+    for _ in range(MAX_PIN_FAILURES):
+        with contextlib.suppress(StoreError):
+            check_pin(station, identifier=NURSE_EMAIL, pin="9731")
+    code = await ask_for_code(linked_user, cloud_link)
+    by_testid(linked_user, "login-code").type(code)
+    by_testid(linked_user, "login-verify").click()
+    await linked_user.should_see("Choose a PIN (4 to 8 digits)", retries=WAIT)
+    by_testid(linked_user, "login-new-pin").type(NEW_PIN)
+    by_testid(linked_user, "login-verify").click()
+    await linked_user.should_see("Yesterday,", retries=WAIT)
+    assert check_pin(station, identifier=NURSE_EMAIL, pin=NEW_PIN).name == "Dana Shapiro"  # unblocked
 
 
 @pytest.fixture
