@@ -448,12 +448,39 @@ def open_entries(station: Station) -> list[dict[str, Any]]:
                 select(QUEUE).where(QUEUE.c.status.in_(statuses)).order_by(QUEUE.c.device_seq)
             ).mappings()
         ]
-        wanted = sorted(
-            {str(e["payload"].get("treatment_id")) for e in entries if e["table_name"] != "treatments"}
-        )
-        sites = dict(
-            conn.execute(select(TREATMENTS.c.id, TREATMENTS.c.site).where(TREATMENTS.c.id.in_(wanted))).all()
-        )
+        return _with_sites(conn, entries)
+
+
+# What push_order needs of an entry. A station back after days offline holds thousands of open
+# entries: holding them whole (payloads and all) for a round made the garbage collector's full
+# passes long enough to stall the UI's event loop (docs/performance.md, sync_catchup.py).
+SCHEDULING = ("op_id", "status", "priority", "created_at", "device_seq", "depends_on", "next_attempt_at")
+
+
+def open_schedule(station: Station) -> list[dict[str, Any]]:
+    """Every open entry, oldest first, with only its scheduling fields (`SCHEDULING`)."""
+    statuses = ", ".join(f"'{s.value}'" for s in OPEN_QUEUE)
+    with read_transaction(station.engine) as conn:
+        return codec(QUEUE).select(conn, f"status IN ({statuses}) ORDER BY device_seq", (), SCHEDULING)
+
+
+def load_entries(station: Station, op_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The whole entries named (a batch), in the order named, each with its record's site."""
+    if not op_ids:
+        return []
+    with read_transaction(station.engine) as conn:
+        rows = codec(QUEUE).select(conn, f"op_id IN ({', '.join('?' * len(op_ids))})", tuple(op_ids))
+        by_id = {row["op_id"]: row for row in _with_sites(conn, rows)}
+    return [by_id[op_id] for op_id in op_ids if op_id in by_id]
+
+
+def _with_sites(conn: Connection, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    wanted = sorted(
+        {str(e["payload"].get("treatment_id")) for e in entries if e["table_name"] != "treatments"}
+    )
+    sites = dict(
+        conn.execute(select(TREATMENTS.c.id, TREATMENTS.c.site).where(TREATMENTS.c.id.in_(wanted))).all()
+    )
     for entry in entries:
         entry["site"] = site_of(entry, sites)
     return entries
@@ -582,20 +609,30 @@ def quarantine_unsendable(station: Station, entry: Mapping[str, Any], message: s
         )
 
 
+_WRITE_VERDICT = (
+    "UPDATE sync_queue SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?, result = ?,"
+    " server_version = ?, acknowledged_at = ? WHERE op_id = ?"
+)
+
+
 def _write_verdict(conn: Connection, verdict: Verdict, at: datetime) -> None:
+    # One statement per answer on the driver connection (store/fastsql.py): built by Core, it cost
+    # about 0.25 ms per entry, most of a catch-up's station-side time (docs/performance.md).
     done = verdict.status is QueueStatus.DONE
-    conn.execute(
-        update(QUEUE)
-        .where(QUEUE.c.op_id == verdict.entry["op_id"])
-        .values(
-            status=verdict.status.value,
-            attempts=verdict.attempts,
-            next_attempt_at=verdict.next_attempt_at,
-            last_error=verdict.error,
-            result=verdict.stored,
-            server_version=verdict.result.version if done else None,
-            acknowledged_at=at if done else None,
-        )
+    queue = codec(QUEUE)
+    fastsql.execute(
+        conn,
+        _WRITE_VERDICT,
+        (
+            verdict.status.value,
+            verdict.attempts,
+            queue.bind("next_attempt_at", verdict.next_attempt_at),
+            verdict.error,
+            queue.bind("result", verdict.stored),
+            verdict.result.version if done else None,
+            queue.bind("acknowledged_at", at if done else None),
+            verdict.entry["op_id"],
+        ),
     )
 
 

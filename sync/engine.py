@@ -229,13 +229,14 @@ class SyncEngine:
     def _push(self, client: SyncClient, report: RoundReport) -> None:
         # A stuck applicator that became INSERTED or FAULTY since: its incident goes out this round.
         incidents.raise_pending(self.station)
-        order, report.waiting = push_order(remote.open_entries(self.station), self.station.now())
+        # Scheduled on the entries' scheduling fields; each batch is loaded whole only when it goes.
+        order, report.waiting = push_order(remote.open_schedule(self.station), self.station.now())
         not_done: set[str] = set()  # entries of this round that did not take effect
         for start in range(0, len(order), self.settings.batch_size):
             batch = order[start : start + self.settings.batch_size]
             # Behind an entry that did not take effect this round: wait for the next one.
             held = {e["op_id"] for e in batch if not_done.intersection(e["depends_on"])}
-            ready = [e for e in batch if e["op_id"] not in held]
+            ready = remote.load_entries(self.station, [e["op_id"] for e in batch if e["op_id"] not in held])
             report.waiting += len(held)
             not_done |= held
             entries, ops = self._on_the_wire(ready, not_done, report)

@@ -1,0 +1,275 @@
+"""Sync catch-up: a station back online after a long time offline, with 10,000 changes queued.
+
+    python benchmarks/sync_catchup.py [--changes 10000] [--scans 10] [--batch 50] [--profile]
+
+The station is real: a SQLite file (WAL, synchronous=FULL) filled offline through the store's own
+commands (tests/reliability/workload.py: start an insertion, scan `--scans` applicators, move each
+OPENED -> LOADED -> INSERTED, finalise; 42 changes per treatment by default) until `--changes`
+changes are queued. The cloud is the real app in its own process (uvicorn, one worker) over a fresh
+PostgreSQL database with row-level security, seeded with Priority's orders and inventory for those
+serials (so every scan is re-checked), warmed up with 100 operations of another device and
+ANALYZEd - all of it benchmarks/cloud_sync.py's own helpers.
+
+Timed: the station reconnects and syncs the way the station does - "sync now" of its
+`sync.service.SyncService` on an asyncio event loop, each round in a worker thread - until its
+queue is empty (every entry acknowledged); then the cloud's ledger must hold every operation.
+Meanwhile a heartbeat task on the loop wakes every 5 ms and records how late it woke: the worst
+lateness is `loop_stall_ms`, what a clinician's click would wait for while the station catches up.
+
+Baseline, same run: the very same operations (the station's queue in the wire format, in queue
+order) pushed straight over HTTP by cloud_sync.push_all - the cloud benchmark's push - into a
+second fresh database served the same way, seeded and warmed up the same way. The ratio is the
+baseline's operations/s divided by the catch-up's: what the station's side of a round costs on top
+of the cloud's.
+
+The last line is
+`RESULT catchup_s=<s> ops_per_s=<n> ratio_vs_direct_push=<x> loop_stall_ms=<ms>`.
+Targets: 10,000 changes in under 10 s, a worst loop stall under 50 ms.
+"""
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the workload lives with the reliability tests
+
+from cloud_sync import (  # noqa: E402  (benchmarks/ is this script's own directory)
+    APP_ROLE,
+    PER_ORDER,
+    SECOND_SITE,
+    SERVER_URL,
+    SITE,
+    WARM_UP_OPS,
+    add_device,
+    analyze,
+    as_role,
+    bench_database,
+    build_ops,
+    cloud_process,
+    libpq,
+    order_name,
+    orders_for,
+    push_all,
+    seed_cloud,
+    serial,
+)
+
+HEARTBEAT_S = 0.005
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--changes", type=int, default=10_000, help="changes queued while offline")
+    parser.add_argument("--scans", type=int, default=10, help="applicators per treatment")
+    parser.add_argument("--batch", type=int, default=50, help="operations per push (the station's default)")
+    parser.add_argument("--pg-url", default=SERVER_URL, help="the PostgreSQL server (a superuser)")
+    parser.add_argument("--profile", action="store_true", help="cProfile the catch-up's worker thread")
+    args = parser.parse_args()
+
+    from store.station import open_station
+    from store.validation_cache import install_bundle
+    from tests.reliability.workload import Plan, bundle
+
+    total_started = time.perf_counter()
+    now = datetime.now(UTC).replace(microsecond=0)
+    plan = Plan(scans=args.scans, order_name=order_name, serial=serial)
+    orders = args.changes // plan.ops_per_treatment + 1
+    warm_up_first = orders  # the warm-up device's treatments come after the station's
+    inventory = (warm_up_first + orders_for(WARM_UP_OPS)) * PER_ORDER
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sync_catchup-")))
+        key_file = tmp / "cloud-data.key"
+        station = open_station(tmp / "station")
+        stack.callback(station.close)
+        install_bundle(station, bundle(station.local_today(), range(orders), plan))
+        made_s = queue_offline(station, plan, args.changes)
+
+        clouds = []
+        for _ in range(2):  # the catch-up's cloud, then the baseline's
+            owner_url = stack.enter_context(bench_database(args.pg_url))
+            prepare_cloud(owner_url, key_file, inventory, warm_up_first + orders_for(WARM_UP_OPS), now)
+            token = enrol(owner_url, station.device_id)
+            clouds.append((owner_url, token))
+
+        (owner_url, token), (direct_owner_url, direct_token) = clouds
+        with cloud_process(as_role(owner_url, APP_ROLE), key_file) as url:
+            warm_up(url, owner_url, warm_up_first, now)
+            catchup = catch_up(station, url, token, args.batch, args.profile)
+        ledger = ledger_rows(owner_url, station.device_id)
+        if ledger != args.changes:
+            raise RuntimeError(
+                f"the cloud's ledger holds {ledger} of the station's {args.changes} operations"
+            )
+
+        ops = wire_ops(station)
+        with cloud_process(as_role(direct_owner_url, APP_ROLE), key_file) as url:
+            warm_up(url, direct_owner_url, warm_up_first, now)
+            direct = push_all(url, direct_token, ops, args.batch)
+
+    rate = args.changes / catchup.seconds
+    ratio = direct.rate / rate
+    print(
+        f"{args.changes} changes queued offline in {made_s:.1f} s ({plan.ops_per_treatment} per treatment), "
+        f"{args.batch} ops per push, {os.cpu_count()} cores, "
+        f"total run {time.perf_counter() - total_started:.1f} s"
+    )
+    print(f"catch-up: {catchup.seconds:.2f} s in {catchup.rounds} round(s), {rate:.0f} ops/s")
+    print(f"direct push of the same operations: {direct.wall:.2f} s, {direct.rate:.0f} ops/s")
+    print(
+        f"event loop during the catch-up: worst stall {catchup.worst_stall * 1e3:.1f} ms, "
+        f"p99 {catchup.p99_stall * 1e3:.1f} ms over {catchup.beats} heartbeats of {HEARTBEAT_S * 1e3:.0f} ms"
+    )
+    print(
+        f"RESULT catchup_s={catchup.seconds:.2f} ops_per_s={rate:.0f} ratio_vs_direct_push={ratio:.2f} "
+        f"loop_stall_ms={catchup.worst_stall * 1e3:.1f}"
+    )
+
+
+# --- the station, offline ----------------------------------------------------------------------
+def queue_offline(station: Any, plan: Any, changes: int) -> float:
+    from tests.reliability.workload import next_change
+
+    started = time.perf_counter()
+    for _ in range(changes):
+        next_change(station, plan)
+    return time.perf_counter() - started
+
+
+def wire_ops(station: Any) -> list[dict[str, Any]]:
+    """The station's queue as the wire's operations, in queue order (dependencies first)."""
+    from sqlalchemy import select
+
+    from store.journal import QUEUE
+    from sync.wire import operation
+
+    with station.engine.connect() as conn:
+        entries = [dict(r) for r in conn.execute(select(QUEUE).order_by(QUEUE.c.device_seq)).mappings()]
+    sites = {e["record_id"]: e["payload"]["site"] for e in entries if e["table_name"] == "treatments"}
+    return [operation(station.cipher, e, site_of(e, sites)) for e in entries]
+
+
+def site_of(entry: dict[str, Any], sites: dict[str, str]) -> str:
+    if entry["table_name"] == "treatments":
+        return str(entry["payload"]["site"])
+    return sites[str(entry["payload"]["treatment_id"])]
+
+
+# --- the cloud ----------------------------------------------------------------------------------
+def prepare_cloud(owner_url: str, key_file: Path, inventory: int, orders: int, now: datetime) -> None:
+    from cloud.migrate import upgrade
+
+    upgrade(owner_url)
+    seed_cloud(owner_url, key_file, inventory, orders, now)
+
+
+def enrol(owner_url: str, device_id: str) -> str:
+    """The station's own device id enrolled at the cloud; its credential."""
+    from cloud.tokens import digest, new_token
+
+    token = new_token()
+    with psycopg.connect(libpq(owner_url)) as conn:
+        conn.execute(
+            "INSERT INTO devices (id, name, sites, credential_hash, enrolled_by) "
+            "VALUES (%s, 'OR laptop (catch-up)', %s, %s, 'bench')",
+            (device_id, [SITE, SECOND_SITE], digest(token)),
+        )
+    return token
+
+
+def warm_up(url: str, owner_url: str, first_order: int, now: datetime) -> None:
+    """Another device's 100 operations, then ANALYZE, as cloud_sync.py does before timing."""
+    with psycopg.connect(libpq(owner_url)) as conn:
+        device_id, token = add_device(conn, (SITE, SECOND_SITE), "OR laptop (warm-up)")
+    push_all(url, token, build_ops(device_id, SITE, WARM_UP_OPS, first_order, now), 50)
+    analyze(owner_url)
+
+
+def ledger_rows(owner_url: str, device_id: str) -> int:
+    with psycopg.connect(libpq(owner_url)) as conn:
+        row = conn.execute("SELECT count(*) FROM op_ledger WHERE device_id = %s", (device_id,)).fetchone()
+    return row[0] if row else 0
+
+
+# --- the catch-up, as the station's job runs it -------------------------------------------------
+class CatchUp:
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.rounds = 0
+        self.stalls: list[float] = []
+
+    @property
+    def beats(self) -> int:
+        return len(self.stalls)
+
+    @property
+    def worst_stall(self) -> float:
+        return max(self.stalls, default=0.0)
+
+    @property
+    def p99_stall(self) -> float:
+        ordered = sorted(self.stalls)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else 0.0
+
+
+def catch_up(station: Any, url: str, token: str, batch: int, profile: bool) -> CatchUp:
+    """ "Sync now" of the station's own SyncService (each round in a worker thread) until the queue is
+    empty, with a heartbeat on the same event loop."""
+    from store import remote
+    from sync.engine import SyncSettings
+    from sync.service import SyncService
+
+    remote.link_cloud(station, cloud_url=url, credential=token, device_id=station.device_id)
+    service = SyncService(station, settings=SyncSettings(batch_size=batch))
+    result = CatchUp()
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        unprofiled = service.engine.run_round
+        service.engine.run_round = lambda: profiler.runcall(unprofiled)  # type: ignore[method-assign]
+
+    async def heartbeat(stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            due = loop.time() + HEARTBEAT_S
+            await asyncio.sleep(HEARTBEAT_S)
+            result.stalls.append(max(0.0, loop.time() - due))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        beating = asyncio.create_task(heartbeat(stop))
+        started = time.perf_counter()
+        while True:
+            report = await service.sync_now()
+            result.rounds += 1
+            if report.outcome != "ok":
+                raise RuntimeError(f"a catch-up round ended {report.outcome}: {report.error}")
+            if not await asyncio.to_thread(open_count, station):
+                break
+        result.seconds = time.perf_counter() - started
+        stop.set()
+        await beating
+
+    asyncio.run(run())
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"(store|sync)/", 40)
+    return result
+
+
+def open_count(station: Any) -> int:
+    with station.engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT count(*) FROM sync_queue WHERE status <> 'done'").scalar_one()
+
+
+if __name__ == "__main__":
+    main()
