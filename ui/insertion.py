@@ -12,6 +12,7 @@ from nicegui import run, ui
 
 from store import lookups
 from store.applicators import change_status, create_package
+from store.continuation import reusable_applicators, reuse_applicator
 from store.enums import ApplicatorStatus, Indication
 from store.errors import StoreError
 from store.photos import attach_applicator_photo
@@ -60,13 +61,25 @@ async def insertion_page(treatment_id: str) -> None:
         with frame("Insertion"):
             ui.label(refusal.message).classes("text-xl text-red-800").props("data-testid=page-refusal")
         return
+    leftovers: list[dict[str, Any]] = []
+    if view.parent and not view.treatment["is_complete"]:
+        leftovers = await run.io_bound(
+            lambda: reusable_applicators(station, actor, treatment_id=treatment_id)
+        )
     title = "Continuation" if view.parent else "Insertion"
     with frame(title, treatment=view.treatment):
-        InsertionPage(station, actor, view)
+        InsertionPage(station, actor, view, leftovers=leftovers)
 
 
 class InsertionPage:
-    def __init__(self, station: Station, actor: Actor, view: lookups.InsertionView) -> None:
+    def __init__(
+        self,
+        station: Station,
+        actor: Actor,
+        view: lookups.InsertionView,
+        *,
+        leftovers: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.station = station
         self.actor = actor
         self.treatment = view.treatment
@@ -82,6 +95,8 @@ class InsertionPage:
             self.notice = Notice()
         else:
             self._draw_scan_controls()
+            if leftovers:
+                self._draw_leftovers(leftovers)
         self.progress = ProgressPanel(view.progress)
         ui.label("Applicators").classes("text-2xl font-semibold")
         self.empty = ui.label("No applicator recorded yet. Scan the first one.").classes("text-lg")
@@ -151,6 +166,39 @@ class InsertionPage:
             self.suggestion_box = (
                 ui.row().classes("gap-3 items-center flex-wrap").props("data-testid=suggestions")
             )
+
+    def _draw_leftovers(self, leftovers: list[dict[str, Any]]) -> None:
+        """The parent's opened or loaded applicators, which this continuation may use without a scan."""
+        with ui.card().classes("w-full p-4 gap-2").props("data-testid=leftovers"):
+            ui.label("Opened or loaded applicators of the earlier insertion").classes("text-xl font-semibold")
+            for a in leftovers:
+                status = ApplicatorStatus(a["status"]).label
+                ui.button(
+                    f"Use {a['serial_number']} ({status}, {a['seed_quantity']} seeds) here",
+                    icon="redo",
+                    on_click=lambda e, a=a: self._reuse(a, e.sender),
+                ).classes(BUTTON).props(f"outline no-caps data-testid=reuse-{a['serial_number']}")
+
+    async def _reuse(self, original: dict[str, Any], button: ui.element) -> None:
+        serial = original["serial_number"]
+        try:
+            change = await run.io_bound(
+                reuse_applicator,
+                self.station,
+                self.actor,
+                treatment_id=self.treatment_id,
+                parent_applicator_id=original["id"],
+            )
+        except StoreError as refusal:
+            self.notice.stop(f"Applicator {serial} was not taken over", refusal.message)
+            self._focus()
+            return
+        button.delete()
+        self._add_row(change.record)
+        status = ApplicatorStatus(change.record["status"]).label.lower()
+        self.notice.done(f"Applicator {serial} taken over", f"It continues here, {status}.")
+        self._focus()
+        await self.refresh_progress()
 
     # --- scanning -------------------------------------------------------------------------------
     async def _on_enter(self) -> None:

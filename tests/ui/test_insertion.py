@@ -527,3 +527,30 @@ async def test_a_treatment_locked_while_open_refuses_the_scan_in_words(
     assert text_of(clinician, "notice-message") == (
         "This treatment is finalised and locked; nothing can be added or changed."
     )
+
+
+async def test_a_continuation_takes_over_the_earlier_insertions_unused_applicators(
+    clinician: User, app_station: Station
+) -> None:
+    from store.applicators import amend_status
+    from tests.utils.data import ADMIN
+
+    parent = insertion(app_station)
+    inserted = scan(app_station, parent, "DART-9000-00001")
+    move(app_station, inserted["id"], PATHS["loaded"][S.INSERTED])
+    spare = scan(app_station, parent, "DART-9000-00002")
+    move(app_station, spare["id"], PATHS["loaded"][S.DISPOSED])
+    finalise_treatment(app_station, NURSE, treatment_id=parent, mode=SignatureMode.SELF)
+    # Disposed by mistake: a supervisor's amendment makes it opened again, so it may be used later.
+    amend_status(app_station, ADMIN, applicator_id=spare["id"], status=S.OPENED, reason="still in its wrap")
+    child = start_continuation(app_station, NURSE, parent_id=parent).record["id"]
+    await open_treatment(clinician, child)
+    assert not has_testid(clinician, "reuse-DART-9000-00001")  # inserted: never moves
+    by_testid(clinician, "reuse-DART-9000-00002").click()
+    await see_notice(clinician, "Applicator DART-9000-00002 taken over")
+    assert text_of(clinician, "applicator-status", within="applicator-DART-9000-00002") == "Opened"
+    assert not has_testid(clinician, "reuse-DART-9000-00002")
+    saved = applicators(app_station, child)
+    assert [(a["serial_number"], a["scan_outcome"], a["reused_from_id"]) for a in saved] == [
+        ("DART-9000-00002", "reused", spare["id"])
+    ]
