@@ -190,10 +190,11 @@ def test_the_demo_runs_priority_cloud_and_a_seeded_station_that_syncs(
             headers={"Authorization": f"Bearer {credential}"},
         )
         assert asked.status_code == 202, asked.text
+        # Sent after the reply (cloud/routes/auth.py); printed once it is in the outbox file.
+        printed = output.wait_for(lambda line: line.startswith("Login code for"), timeout_s=30)
         outbox = Path(env["DART_DEMO_DIR"]) / "codes.jsonl"
         [sent] = [json.loads(line) for line in outbox.read_text().splitlines()]
         assert sent["destination"] == nurse.email
-        printed = output.wait_for(lambda line: line.startswith("Login code for"), timeout_s=30)
         assert printed.strip() == f"Login code for {mask(nurse.email)}: {sent['text']}"
     finally:
         http.close()
