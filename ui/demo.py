@@ -21,6 +21,7 @@ import shutil
 import socket
 import sys
 import threading
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -261,8 +262,11 @@ class ThreadServer(uvicorn.Server):
 
     def start(self, timeout_s: float = 60) -> None:
         self._thread.start()
-        if not self.listening.wait(timeout_s) or not self._thread.is_alive():
-            raise DemoUnavailable(f"a demo server did not start on port {self.config.port}")
+        deadline = time.monotonic() + timeout_s
+        # A server that cannot bind ends its thread without ever listening: do not wait for it.
+        while not self.listening.wait(0.2):
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise DemoUnavailable(f"a demo server did not start on port {self.config.port}")
 
     def stop(self, timeout_s: float = 20) -> None:
         self.should_exit = True
