@@ -9,6 +9,7 @@ runs through `run.io_bound`, and the list is updated one row at a time, never re
 from typing import Any
 
 from nicegui import run, ui
+from nicegui.events import GenericEventArguments
 
 from store import lookups
 from store.applicators import change_status, create_package
@@ -153,7 +154,9 @@ class InsertionPage:
                     " if (!a || a === document.body) e.target.focus(); }, 0)"
                 ),
             )
-            self.scan_field.on("keydown.enter", self._on_enter)
+            # The keystroke carries the field's text itself, so the scan never depends on the order in
+            # which the browser's value updates and the Enter reach the station.
+            self.scan_field.on("keydown.enter", self._on_enter, js_handler="(e) => emit(e.target.value)")
             with ui.row().classes("gap-4"):
                 ui.button("Choose from list", icon="list", on_click=self._choose_from_list).classes(
                     BUTTON
@@ -201,9 +204,9 @@ class InsertionPage:
         await self.refresh_progress()
 
     # --- scanning -------------------------------------------------------------------------------
-    async def _on_enter(self) -> None:
+    async def _on_enter(self, event: GenericEventArguments) -> None:
         assert self.scan_field is not None
-        raw = self.scan_field.value or ""
+        raw = event.args if isinstance(event.args, str) else (self.scan_field.value or "")
         # Cleared before the store answers, so the scanner's next label starts in an empty field.
         self.scan_field.value = ""
         await self.scan(raw)

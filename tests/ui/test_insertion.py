@@ -115,6 +115,15 @@ async def test_valid_scan_shows_the_applicator_filled_in(
     assert [a["serial_number"] for a in applicators(app_station, treatment_id)] == [row["serial"]]
 
 
+async def test_the_enter_keystroke_carries_the_scanned_text(clinician: User, app_station: Station) -> None:
+    treatment_id = insertion(app_station)
+    await open_treatment(clinician, treatment_id)
+    # The browser sends the field's text with the Enter (the field's own value may lag behind it).
+    by_testid(clinician, "scan-input").trigger("keydown.enter", args=scanner_input("B018"))
+    await see_notice(clinician, "Applicator recorded")
+    assert [a["serial_number"] for a in applicators(app_station, treatment_id)] == ["DART-2687-13704"]
+
+
 async def test_expiring_within_30_days_is_recorded_with_a_warning(
     clinician: User, app_station: Station
 ) -> None:
