@@ -156,8 +156,10 @@ def test_the_cloud_killed_inside_push_batches_loses_and_repeats_nothing(
                     processes.append(_start_cloud(cloud_db, key_file, log))
 
                 healed = time.monotonic()
-                while station_view(tmp_path / "station" / DB_FILE).stuck:
-                    assert time.monotonic() - healed < HEAL_DEADLINE_S, f"{context}: the queue did not empty"
+                while stuck := station_view(tmp_path / "station" / DB_FILE).stuck:
+                    assert time.monotonic() - healed < HEAL_DEADLINE_S, (
+                        f"{context}: the queue did not empty: {len(stuck)} left, first {stuck[:3]}"
+                    )
                     report = engine.run_round()
                     assert report.outcome == "ok", f"{context}: {report.error}"
                 final = engine.run_round()  # pulls back the last pushes, so the cursor reaches the end
