@@ -174,3 +174,22 @@ async def test_lock_now_covers_the_screen_at_once(nurse: User) -> None:
     await nurse.open("/today")  # a reload does not get round the lock
     await nurse.should_see("The screen is locked")
     assert signed_in(nurse) == "Dana Shapiro"
+
+
+async def test_a_procedure_page_locks_but_never_signs_out(
+    nurse: User, station: Station, ui_clock: FakeClock
+) -> None:
+    from tests.utils.flows import insertion
+
+    treatment_id = insertion(station, "SO2611001")
+    await nurse.open(f"/treatment/{treatment_id}")
+    await nurse.should_see("Patient: Cohen, Miriam", retries=WAIT)
+    assert has_testid(nurse, "lock-now") and not has_testid(nurse, "sign-out")  # stepping away is locking
+    ui_clock.advance(hours=2)  # a long pause in the middle of the procedure
+    await nurse.should_see("The screen is locked", retries=30)
+    assert signed_in(nurse) == "Dana Shapiro"
+    by_testid(nurse, "unlock-pin").type(NURSE_PIN)
+    by_testid(nurse, "unlock").click()
+    await nurse.should_not_see("The screen is locked", retries=WAIT)
+    await nurse.should_see("Patient: Cohen, Miriam")  # the same page, the same patient
+    assert nurse.back_history[-1] == f"/treatment/{treatment_id}"
