@@ -229,7 +229,14 @@ async def test_unknown_seed_count_is_an_error_never_a_default(clinician: User, a
     assert applicators(app_station, treatment_id) == []
 
 
-UNREADABLE = [r for r in barcode_rows() if r["expected_error"] not in ("", "expiry_warning", "expired")]
+# One row per kind of unusable input (the store's tests read every row of the file).
+UNREADABLE = list(
+    {
+        r["class"]: r
+        for r in reversed(barcode_rows())
+        if r["expected_error"] not in ("", "expiry_warning", "expired")
+    }.values()
+)
 
 
 @pytest.mark.parametrize("row", UNREADABLE, ids=lambda r: f"{r['id']}-{r['class']}")
