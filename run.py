@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.enrol is not None and not enrol(args.data_dir, args.cloud, args.enrol):
             return 2
-        return run_station(data_dir=args.data_dir, port=args.port)
+        return run_station(data_dir=args.data_dir, port=args.port, kiosk=args.kiosk)
     if args.command == "cloud":
         return run_cloud(host=args.host, port=args.port)
     from ui.demo import run_demo
@@ -47,12 +47,17 @@ def enrol(data_dir: Path, cloud_url: str, code: str) -> bool:
     return True
 
 
-def run_station(*, data_dir: Path, port: int) -> int:
+def run_station(*, data_dir: Path, port: int, kiosk: bool = False) -> int:
     from nicegui import ui
 
     from ui.station_app import register_station
 
     register_station(data_dir)
+    if kiosk:
+        from ui.kiosk import CHROMIUM, open_kiosk_when_ready
+
+        # Chromium starts once /health answers, so the OR laptop never shows a connection error.
+        open_kiosk_when_ready(port, data_dir=data_dir, browser=os.environ.get("DART_KIOSK_BROWSER", CHROMIUM))
     # The station serves one local kiosk browser: never listen beyond loopback.
     ui.run(host="127.0.0.1", port=port, title="DaRT station", reload=False, show=False)
     return 0
@@ -84,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     station.add_argument("--port", type=int, default=DEFAULT_PORT)
     station.add_argument("--cloud", metavar="URL", help="the cloud to enrol with (with --enrol)")
     station.add_argument("--enrol", metavar="CODE", help="the one-time code an administrator issued")
+    station.add_argument("--kiosk", action="store_true", help="then open Chromium in kiosk mode on it")
     cloud = commands.add_parser("cloud", help="the cloud service (FastAPI on PostgreSQL; DATABASE_URL)")
     cloud.add_argument("--host", default=os.environ.get("DART_CLOUD_HOST", "127.0.0.1"))
     cloud.add_argument("--port", type=int, default=int(os.environ.get("DART_CLOUD_PORT", "8090")))

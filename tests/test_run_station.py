@@ -73,3 +73,41 @@ def test_station_starts_on_loopback_and_reports_health(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# Chromium is an outside system: this stand-in says on the station's console how it was started and
+# what the station answered at that moment (the kiosk inherits the station's output).
+_FAKE_CHROMIUM = """#!{python}
+import sys, urllib.request
+url = next(a for a in sys.argv if a.startswith("--app=")).removeprefix("--app=")
+health = urllib.request.urlopen(url + "health", timeout=5).read().decode()
+print("KIOSK", " ".join(sys.argv[1:]), "HEALTH", health.replace(" ", ""), flush=True)
+"""
+
+
+def test_station_with_kiosk_opens_the_browser_full_screen_on_itself(tmp_path: Path) -> None:
+    port = _free_port()
+    browser = tmp_path / "chromium"
+    browser.write_text(_FAKE_CHROMIUM.format(python=sys.executable))
+    browser.chmod(0o755)
+    command = [sys.executable, "run.py", "station", "--kiosk", "--data-dir", str(tmp_path / "st")]
+    process = subprocess.Popen(
+        [*command, "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**_env_outside_pytest(), "DART_KIOSK_BROWSER": str(browser)},
+    )
+    try:
+        kiosk_line = _wait_for_line(process, "KIOSK ", timeout=90)[-1]
+        assert f"--app=http://127.0.0.1:{port}/" in kiosk_line.split()
+        assert "--kiosk" in kiosk_line.split() and "--incognito" in kiosk_line.split()
+        assert '"status":"ok"' in kiosk_line  # opened only once the station answered
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
