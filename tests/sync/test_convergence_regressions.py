@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from cloud.cipher import open_record
 from cloud.push import TABLES as CLOUD_TABLES
+from cloud.schema import conflicts as cloud_conflicts
 from store.applicators import change_status
 from store.enums import ApplicatorStatus
 from sync.wire import TABLES as STATION_TABLES
@@ -64,3 +65,48 @@ def differences(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, tuple
     return {
         k: (mine.get(k), theirs.get(k)) for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)
     }
+
+
+def test_two_final_statuses_no_move_joins_are_held_and_both_laptops_show_the_clouds_seed_count(
+    laptops: LaptopFactory, cloud: Cloud, clock: FakeClock
+) -> None:
+    """Found as: A2 holds FAULTY with 0 seeds deployed, the cloud FAULTY with 9.
+
+    One laptop disposes of an opened applicator while the other records it FAULTY with 9 seeds
+    deployed. No move joins the two: the status is held for a person. Meanwhile every laptop must
+    show the cloud's record, and a status must never stand beside another status's seed count.
+    """
+    a, b = laptops("a"), laptops("b")
+    applicator = a.scan(a.insertion(), "DART-9000-00000")
+    a.sync()
+    b.sync()
+    change_status(b.station, NURSE, applicator_id=applicator["id"], status=S.OPENED)
+    change_status(
+        b.station,
+        NURSE,
+        applicator_id=applicator["id"],
+        status=S.DISPOSED,
+        comment="dropped",
+        confirm_permanent=True,
+    )
+    clock.advance(seconds=5)
+    change_status(a.station, NURSE, applicator_id=applicator["id"], status=S.OPENED)
+    change_status(
+        a.station,
+        NURSE,
+        applicator_id=applicator["id"],
+        status=S.FAULTY,
+        comment="stuck",
+        deployed_seeds=9,
+        confirm_permanent=True,
+    )
+
+    for laptop in (a, b, a, b):
+        laptop.sync()
+
+    in_cloud = cloud_records(cloud, "applicators")[applicator["id"]]
+    assert (in_cloud["status"], in_cloud["deployed_seeds"]) == ("FAULTY", 9)
+    held = cloud.rows(select(cloud_conflicts.c.field).where(cloud_conflicts.c.status == "open"))
+    assert "status" in {r.field for r in held}
+    for laptop in (a, b):
+        assert differences(records(laptop, "applicators")[applicator["id"]], in_cloud) == {}
