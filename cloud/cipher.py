@@ -20,6 +20,9 @@ _CIPHERS: dict[Path, PatientCipher] = {}
 _LOCK = threading.Lock()
 
 SUBJECT_HASH = "subject_hash"
+SEALED = tuple(f"{name}_enc" for name in PATIENT_FIELDS)  # each patient field's ciphertext in `data`
+# The keys of a stored record that a station never sees (open_record takes them out).
+SEALED_FIELDS = frozenset({SUBJECT_HASH, *SEALED})
 
 
 def load_cipher(key_file: Path) -> PatientCipher:
@@ -55,20 +58,16 @@ def seal_record(record: dict[str, Any], cipher: PatientCipher) -> dict[str, Any]
 
 def open_record(stored: dict[str, Any], cipher: PatientCipher) -> dict[str, Any]:
     """The record as the wire carries it: patient fields in clear, the cloud's hash left out."""
-    opened = {k: v for k, v in stored.items() if k != SUBJECT_HASH and not _is_sealed(k)}
-    for name in PATIENT_FIELDS:
-        if f"{name}_enc" in stored:
-            opened[name] = cipher.decrypt(stored[f"{name}_enc"])
+    opened = {k: v for k, v in stored.items() if k not in SEALED_FIELDS}
+    for name, sealed in zip(PATIENT_FIELDS, SEALED, strict=True):
+        if sealed in stored:
+            opened[name] = cipher.decrypt(stored[sealed])
     return opened
 
 
 def seal_value(field_name: str, value: Any, cipher: PatientCipher) -> Any:
     """One value bound for a table outside `data` (a conflict row): sealed if it names a patient."""
     return cipher.encrypt(_text(value)) if field_name in PATIENT_FIELDS else value
-
-
-def _is_sealed(key: str) -> bool:
-    return key in {f"{name}_enc" for name in PATIENT_FIELDS}
 
 
 def _text(value: Any) -> str | None:

@@ -1,56 +1,64 @@
 """Applying a station's push: every operation exactly once, field by field, atomically one by one.
 
-A batch runs in ONE transaction scoped to the device's sites; an operation that fails is rolled
-back alone while the others commit (invariant 6). Most batches apply whole, so a batch is first
-run without a savepoint per operation (two round trips each); as soon as one operation is refused
-or fails, that run is rolled back and the batch runs again with each operation inside its own
-SAVEPOINT: the answer is the one the savepoints alone would give. Per operation:
+A batch runs in ONE transaction scoped to the device's sites; a refused operation leaves nothing
+behind while the others commit (invariant 6). A batch is applied set-based, in three steps:
 
-1. the ledger: the (device, op_id) row is claimed with INSERT ... ON CONFLICT DO NOTHING; when
-   it already exists the stored original result is answered as `duplicate` (invariant 3). The
-   device is the authenticated one, never the body's: an op naming another device is refused;
+1. read: a few statements fetch what the whole batch needs (cloud/push_reads.py): the records it
+   changes, locked; each serial it inserts, locked, then the serial's other uses; the ledger rows
+   of its op ids and of their dependencies; Priority's inventory of its serials;
+2. decide: each operation in turn, in Python, against that view, which each decision updates, so
+   that an operation sees the records as the ones before it left them (`_Batch._decide`);
+3. write: ONE statement writes every record, ledger row, conflict and incident of the batch
+   (cloud/push_writes.py); then the Priority write-backs and, last, the change_log rows.
+
+An operation refused while deciding writes nothing (a final refusal: only its ledger row), so the
+batch needs no savepoint. When the writes do not land as decided (a concurrent delivery claimed an
+op id first, another device inserted the same record, the database refused a value), the
+transaction is rolled back and the batch runs again one operation at a time, each deciding on
+fresh reads and writing inside its own SAVEPOINT: a failure rolls back that operation alone, and
+the answer is the one the savepoints alone would give. Per operation:
+
+1. the ledger: an op id of this device already there is answered `duplicate` with the result
+   stored the first time (invariant 3). The op's ledger row is written with its result; a
+   concurrent delivery of the same op waits on that row's key until the first commits, then
+   finds it. The device is the authenticated one, never the body's: an op naming another device
+   is refused;
 2. the site must be one the device syncs (`site_not_allowed`, one message whether or not the
    site exists);
 3. depends_on: every operation named must have taken effect earlier in the batch or before;
 4. insert / update / delete: an insert is checked for one serial in two treatments (invariant 9)
    and re-checked against Priority's inventory; an update is merged field by field with the
    conflict rules of sync/rules.py; a delete is soft;
-5. the result goes into the batch's list for the ledger (written in one executemany before the
-   change_log rows), and the change into the batch's list for change_log.
+5. the change is queued for change_log.
 
 The change_log rows of the whole batch are appended last, under a transaction-level advisory lock
 held until commit, so sequence numbers become visible in commit order and a puller paging by seq
 never steps over a change that commits later with a smaller number (invariant 4).
+
+To act on an operation's outcome (an incident, a notification), extend `_Batch._decide` or the
+method of its kind: every row an operation writes goes through its `_Effect`, so it is written in
+the same transaction, in both the set-based and the one-by-one path.
 """
 
+import json
 import logging
 import uuid
 from collections.abc import Mapping
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, exists, insert, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Connection, Engine, Table, text
 from sqlalchemy.exc import DBAPIError
 
 from cloud.cipher import open_record, seal_record, seal_value
 from cloud.db import SiteScope, scoped_transaction
 from cloud.incidents import record_incident
-from cloud.priority.writeback import enqueue_applicator, enqueue_order_status
+from cloud.priority.writeback import TERMINAL as WRITE_BACK_STATUSES
+from cloud.priority.writeback import applicator_payload, line_serial, order_status_payloads
+from cloud.push_reads import BatchView, Key, Row, SerialUse
+from cloud.push_writes import Planned, write_batch
 from cloud.resolutions import settle as settle_resolution
-from cloud.schema import (
-    applicator_packages,
-    applicators,
-    change_log,
-    conflicts,
-    incidents,
-    op_ledger,
-    priority_applicators,
-    removed_seeds,
-    treatments,
-    users,
-)
+from cloud.schema import applicator_packages, applicators, removed_seeds, treatments
 from store.crypto import PatientCipher
 from store.enums import ApplicatorStatus
 from sync.protocol import (
@@ -69,9 +77,8 @@ from sync.rules import Action, FieldOutcome, RuleContext, merge
 
 log = logging.getLogger(__name__)
 
-# pg_advisory_xact_lock keys. Every writer of change_log takes CHANGE_LOG_LOCK (use append_changes).
+# pg_advisory_xact_lock key. Every writer of change_log takes CHANGE_LOG_LOCK (use append_changes).
 CHANGE_LOG_LOCK = 0x4441_5254_0001  # "DART" + 1
-SERIAL_LOCK_CLASS = 0x4441  # with hashtext(serial): one applicator serial checked at a time
 
 TABLES: dict[str, Table] = {
     "treatments": treatments,
@@ -87,84 +94,16 @@ RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock, serialisation f
 BATCH_ATTEMPTS = 3
 INCIDENT_NAMESPACE = uuid.UUID("6f1c7a52-93b4-4c0e-9a57-2d1f0e4b8c11")
 
-# The statements every operation runs, built once: building one per call (and its cache key) cost
-# more than PostgreSQL took to run it.
-_OTHER = applicators.alias("other")
-_PARENT = treatments.alias("parent")
-_CLAIM = (
-    pg_insert(op_ledger)
-    .values(device_id=bindparam("device_id"), op_id=bindparam("op_id"), site=bindparam("site"), result=None)
-    .on_conflict_do_nothing(index_elements=["device_id", "op_id"])
-    .returning(op_ledger.c.op_id)
+# One statement: the uncorrelated subquery is an InitPlan that PostgreSQL evaluates in a one-time
+# filter before the first row is produced, so the lock is held before any sequence number is
+# taken (see append_changes). NOT `EXISTS (SELECT lock())`: PostgreSQL drops the target list of an
+# EXISTS subquery, and the lock with it.
+_APPEND_CHANGES = text(
+    "INSERT INTO change_log (site, table_name, record_id, version, op_id, device_id) "
+    "SELECT e->>'site', e->>'table_name', e->>'record_id', (e->>'version')::int, e->>'op_id', "
+    "e->>'device_id' FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS e "
+    "WHERE (SELECT pg_advisory_xact_lock(:key)::text) IS NOT NULL"
 )
-_STORED = select(op_ledger.c.result).where(
-    op_ledger.c.device_id == bindparam("device_id"), op_ledger.c.op_id == bindparam("op_id")
-)
-_STORE_RESULT = (
-    update(op_ledger)
-    .where(op_ledger.c.device_id == bindparam("ledger_device"), op_ledger.c.op_id == bindparam("ledger_op"))
-    .values(result=bindparam("ledger_result"))
-)
-_TREATMENT = select(treatments.c.data).where(
-    treatments.c.site == bindparam("site"), treatments.c.id == bindparam("id")
-)
-_SERIAL_LOCK = text("SELECT pg_advisory_xact_lock(:cls, hashtext(:serial))")
-_LISTED = select(priority_applicators.c.data["usage"].astext).where(
-    priority_applicators.c.site == bindparam("site"), priority_applicators.c.serial == bindparam("serial")
-)
-# One round trip: was any inventory loaded for the site, is the serial listed, and its usage.
-_INVENTORY = select(
-    exists().where(priority_applicators.c.site == bindparam("site")).label("loaded"),
-    exists(_LISTED).label("listed"),
-    _LISTED.scalar_subquery().label("usage"),
-)
-
-
-def _serial_clash_query(scoped: bool) -> Any:
-    query = (
-        select(
-            _OTHER.c.site,
-            _OTHER.c.id,
-            _OTHER.c.treatment_id,
-            _OTHER.c.data["status"].astext.label("status"),
-            _PARENT.c.deleted.label("treatment_deleted"),
-            _PARENT.c.data["is_complete"].astext.label("treatment_complete"),
-        )
-        .select_from(
-            _OTHER.outerjoin(
-                _PARENT, (_PARENT.c.site == _OTHER.c.site) & (_PARENT.c.id == _OTHER.c.treatment_id)
-            )
-        )
-        .where(
-            _OTHER.c.serial_number == bindparam("serial"),
-            ~_OTHER.c.deleted,
-            ~((_OTHER.c.site == bindparam("site")) & (_OTHER.c.id == bindparam("record_id"))),
-        )
-    )
-    if scoped:
-        # Row-level security filters too; saying it lets PostgreSQL use (site, serial_number).
-        query = query.where(_OTHER.c.site.in_(bindparam("sites", expanding=True)))
-    return query
-
-
-_SERIAL_CLASHES = {scoped: _serial_clash_query(scoped) for scoped in (False, True)}
-# Per clinical table: the insert (columns given at execution), the locking read, the write.
-_INSERT = {
-    name: pg_insert(table).on_conflict_do_nothing(index_elements=["site", "id"]).returning(table.c.id)
-    for name, table in TABLES.items()
-}
-_LOCK_RECORD = {
-    name: select(table.c.version, table.c.data, table.c.field_hlc, table.c.deleted)
-    .where(table.c.site == bindparam("record_site"), table.c.id == bindparam("record_id"))
-    .with_for_update()
-    for name, table in TABLES.items()
-}
-_WRITE = {
-    name: update(table)
-    .where(table.c.site == bindparam("record_site"), table.c.id == bindparam("record_id"))
-    .values(updated_at=text("now()"))
-    for name, table in TABLES.items()
-}
 
 
 def push_batch(
@@ -183,31 +122,36 @@ def push_batch(
 
 
 def append_changes(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Append change_log rows; call as the LAST statement before commit (the lock lasts until then)."""
+    """Append change_log rows; call as the LAST statement before commit (the lock lasts until then).
+
+    Each row: site, table_name, record_id, version, and optionally op_id and device_id. The rows
+    take their sequence numbers in the order given."""
     if not rows:
         return
-    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHANGE_LOG_LOCK})
-    conn.execute(insert(change_log), rows)
+    conn.execute(_APPEND_CHANGES, {"key": CHANGE_LOG_LOCK, "rows": json.dumps(rows, separators=(",", ":"))})
 
 
 def _push_once(
     engine: Engine, scope: SiteScope, device_id: str, envelope: PushEnvelope, cipher: PatientCipher
 ) -> PushReply:
-    for isolated in (False, True):
-        try:
-            with scoped_transaction(engine, scope) as conn:
-                batch = _Batch(conn, scope, device_id, cipher, isolated=isolated)
-                results = [batch.apply(raw) for raw in envelope.ops]
-                batch.store_results()
-                append_changes(conn, batch.changes)
-            return PushReply(results=results)
-        except _Isolate:
-            continue  # rolled back: run the batch again, each operation in its own savepoint
-    raise AssertionError("unreachable")
+    items = [_Item(raw, *parse_operation(raw)) for raw in envelope.ops]
+    try:
+        with scoped_transaction(engine, scope) as conn:
+            results = _Batch(conn, scope, device_id, cipher).apply_together(items)
+        return PushReply(results=results)
+    except _Isolate as why:
+        log.info("push from %s applied one operation at a time: %s", device_id, why)
+    with scoped_transaction(engine, scope) as conn:
+        results = _Batch(conn, scope, device_id, cipher).apply_one_by_one(items)
+    return PushReply(results=results)
 
 
 class _Isolate(Exception):
-    """An operation of a batch run without savepoints was refused or failed."""
+    """The set-based writes did not land as decided: run the batch one operation at a time."""
+
+
+class _LedgerTaken(Exception):
+    """The op's ledger row was written meanwhile by another delivery (or is another site's)."""
 
 
 class _Rejected(Exception):
@@ -215,6 +159,13 @@ class _Rejected(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+@dataclass(frozen=True)
+class _Item:
+    raw: dict[str, Any]
+    op: Operation | None  # None: malformed
+    problem: str
 
 
 @dataclass(frozen=True)
@@ -235,9 +186,21 @@ class _Conflict:
 
 
 @dataclass
-class _Outcome:
-    result: OpResult
-    changes: list[dict[str, Any]] = field(default_factory=list)
+class _Effect:
+    """What one operation does: its answer and every row it writes (nothing written yet)."""
+
+    result: OpResult | None = None
+    rows: list[Row] = field(default_factory=list)  # clinical records as the op leaves them
+    ledger: dict[str, Any] | None = None  # the result the ledger keeps for ever (None: nothing kept)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    incidents: list[dict[str, Any]] = field(default_factory=list)
+    write_backs: list[dict[str, Any]] = field(default_factory=list)  # writeback_queue rows
+    changes: list[dict[str, Any]] = field(default_factory=list)  # change_log rows
+
+    @property
+    def answer(self) -> OpResult:
+        assert self.result is not None, "an operation's effect is taken only once it is answered"
+        return self.result
 
 
 @dataclass
@@ -246,58 +209,192 @@ class _Batch:
     scope: SiteScope
     device_id: str
     cipher: PatientCipher
-    isolated: bool = True  # each operation in its own savepoint; False: the first refusal raises _Isolate
-    changes: list[dict[str, Any]] = field(default_factory=list)
+    view: BatchView = field(init=False)
     effective: set[str] = field(default_factory=set)  # ops of this device that took effect
     failed: dict[str, Code] = field(default_factory=dict)  # ops of this batch rejected, and why
-    _roles: dict[str, str | None] = field(default_factory=dict)
-    _treatments: set[tuple[str, str]] = field(default_factory=set)  # (site, id) known to exist
-    _results: dict[str, dict[str, Any]] = field(default_factory=dict)  # op_id -> result, not yet written
+    changes: list[dict[str, Any]] = field(default_factory=list)  # change_log rows, in op order
 
-    def apply(self, raw: dict[str, Any]) -> OpResult:
-        op, problem = parse_operation(raw)
-        if op is None:
-            return self._refuse_malformed(raw, problem)
+    def __post_init__(self) -> None:
+        self.view = BatchView(self.conn, self.scope, self.device_id)
+
+    # --- the two ways of applying a batch ------------------------------------------------------
+    def apply_together(self, items: list[_Item]) -> list[OpResult]:
+        """Read for the whole batch, decide each operation, write it all at once."""
+        planned = Planned()
         try:
-            self._admit(op)
-            with self._savepoint():
-                outcome = self._claimed(op)
-        except _Rejected as refusal:
-            if not self.isolated:
-                raise _Isolate from refusal
-            return self._refuse(op, refusal)
+            self._fetch_ahead([i.op for i in items if i.op is not None and self._admissible(i.op)])
+            results = []
+            for item in items:
+                effect = self._settle(item)
+                for row in effect.rows:
+                    self.view.write(row)
+                if effect.ledger is not None and item.op is not None:
+                    planned.ledger.append(self._ledger_row(item.op, effect.ledger))
+                    self.view.remember(item.op.op_id, effect.ledger)
+                planned.conflicts += effect.conflicts
+                planned.incidents += effect.incidents
+                planned.write_backs += effect.write_backs
+                self.changes += effect.changes
+                results.append(effect.answer)
+            expected, written = write_batch(self.conn, self.device_id, self.view.written, planned)
+            if written != expected:
+                raise _Isolate(f"decided {expected}, written {written}")
         except DBAPIError as exc:
             if _retryable(exc):
                 raise
-            if not self.isolated:
-                raise _Isolate from exc
+            raise _Isolate(f"the database refused the batch ({_sqlstate(exc)})") from exc
+        append_changes(self.conn, self.changes)
+        return results
+
+    def apply_one_by_one(self, items: list[_Item]) -> list[OpResult]:
+        """Each operation decided on fresh reads and written in its own savepoint."""
+        results = [self._settle_alone(item) for item in items]
+        append_changes(self.conn, self.changes)
+        return results
+
+    def _settle(self, item: _Item) -> _Effect:
+        """Decide one operation of a set-based batch (a refusal is an effect too)."""
+        if item.op is None:
+            return self._malformed(item.raw, item.problem)
+        op = item.op
+        try:
+            self._admit(op)
+            effect = self._decide(op)
+        except _Rejected as refusal:
+            effect = self._refusal(op, refusal)
+        self._count(op, effect.answer)
+        return effect
+
+    def _settle_alone(self, item: _Item) -> OpResult:
+        if item.op is None:
+            effect = self._malformed(item.raw, item.problem)
+            self._write_incidents(effect.incidents)
+            return effect.answer
+        op = item.op
+        self.view = BatchView(self.conn, self.scope, self.device_id)  # as the savepoints before left it
+        try:
+            self._admit(op)
+            with self.conn.begin_nested():
+                self._fetch_ahead([op])
+                effect = self._decide(op)
+                self._write_alone(op, effect)
+        except _Rejected as refusal:
+            effect = self._refused_alone(op, refusal)
+        except _LedgerTaken:
+            effect = self._taken(op)
+        except DBAPIError as exc:
+            if _retryable(exc):
+                raise
             log.exception("op %s from %s could not be stored", op.op_id, self.device_id)
             refusal = _Rejected(
                 Code.STORE_FAILED, f"The cloud could not store this change ({_sqlstate(exc)})."
             )
-            return self._refuse(op, refusal)
-        self.changes.extend(outcome.changes)
-        original = outcome.result.original or outcome.result
+            effect = self._refused_alone(op, refusal)
+        self._count(op, effect.answer)
+        self.changes += effect.changes
+        return effect.answer
+
+    def _write_alone(self, op: Operation, effect: _Effect) -> None:
+        for row in effect.rows:
+            self.view.write(row)
+        planned = Planned(
+            conflicts=effect.conflicts, incidents=effect.incidents, write_backs=effect.write_backs
+        )
+        if effect.ledger is not None:
+            planned.ledger.append(self._ledger_row(op, effect.ledger))
+        expected, written = write_batch(self.conn, self.device_id, self.view.written, planned)
+        if written.ledger != expected.ledger:
+            raise _LedgerTaken
+        if written.inserted != expected.inserted:
+            # Another device inserted the record meanwhile (it waited for their commit).
+            raise _Rejected(Code.RECORD_EXISTS, f"Record {op.record_id} already exists at site {op.site}.")
+        if written != expected:
+            raise AssertionError(f"op {op.op_id}: decided {expected}, written {written}")
+
+    def _taken(self, op: Operation) -> _Effect:
+        """The op's ledger row appeared meanwhile: answer with what it holds."""
+        self.view = BatchView(self.conn, self.scope, self.device_id)
+        stored = self.view.stored_result(op.op_id)
+        if stored is None:
+            # The id was first used for a site this request cannot see: never apply it a second time.
+            refusal = _Rejected(
+                Code.INVALID_OPERATION, "This operation id was already used for another site."
+            )
+            return self._refused_alone(op, refusal)
+        return _duplicate(op, stored)
+
+    def _refused_alone(self, op: Operation, refusal: _Rejected) -> _Effect:
+        effect = self._refusal(op, refusal)
+        if effect.ledger is not None:
+            # A final refusal is the op's answer for ever (a row already there stays as it is).
+            kept = Planned(ledger=[self._ledger_row(op, effect.ledger)])
+            with self.conn.begin_nested():
+                write_batch(self.conn, self.device_id, [], kept)
+        self._write_incidents(effect.incidents)
+        return effect
+
+    def _write_incidents(self, incidents: list[dict[str, Any]]) -> None:
+        for incident in incidents:
+            try:
+                with self.conn.begin_nested():
+                    write_batch(self.conn, self.device_id, [], Planned(incidents=[incident]))
+            except DBAPIError as exc:
+                if _retryable(exc):
+                    raise
+                # A malformed op must not take the batch down; its refusal still reaches the station.
+                log.exception("the incident %s could not be stored", incident.get("kind"))
+
+    def _count(self, op: Operation, result: OpResult) -> None:
+        original = result.original or result
         if original.status in ("applied", "conflict"):
             self.effective.add(op.op_id)
         elif original.code is not None:
             self.failed[op.op_id] = original.code
-        return outcome.result
 
-    def store_results(self) -> None:
-        """Write the results of the operations that took effect into their ledger rows, at once."""
-        if self._results:
-            rows = [
-                {"ledger_device": self.device_id, "ledger_op": op_id, "ledger_result": result}
-                for op_id, result in self._results.items()
-            ]
-            self.conn.execute(_STORE_RESULT, rows)
-            self._results.clear()
+    def _ledger_row(self, op: Operation, result: dict[str, Any]) -> dict[str, Any]:
+        return {"op_id": op.op_id, "site": op.site, "result": result}
 
-    def _savepoint(self) -> AbstractContextManager[Any]:
-        return self.conn.begin_nested() if self.isolated else nullcontext()
+    # --- reads ahead -----------------------------------------------------------------------------
+    def _fetch_ahead(self, ops: list[Operation]) -> None:
+        """Everything these operations will ask the view, in a few statements (see push_reads)."""
+        changed: list[Key] = []
+        existing: list[Key] = []
+        serials: list[str] = []
+        inventory: list[tuple[str, str]] = []
+        ledger: list[str] = []
+        for op in ops:
+            ledger.append(op.op_id)
+            ledger += op.depends_on
+            if op.table == "incidents":
+                continue  # a station's report, not a clinical record (cloud/incidents.py)
+            if op.kind != "insert":
+                changed.append((op.table, op.site, op.record_id))
+                continue
+            existing.append((op.table, op.site, op.record_id))
+            treatment_id = op.payload.get("treatment_id")
+            if op.table != "treatments" and treatment_id:
+                existing.append(("treatments", op.site, str(treatment_id)))
+            if op.table == "applicators":
+                serial = _serial(op.payload.get("serial_number"))
+                serials.append(serial)
+                inventory.append((op.site, serial))
+        self.view.lock(rows=changed, serials=serials)
+        for op in ops:
+            row = self.view.row(op.table, op.site, op.record_id) if op.kind == "update" else None
+            if row is None or op.table != "applicators" or "status" not in op.changed:
+                continue
+            # Its treatment's indication decides the status rule; a final status is written back
+            # to the order line the inventory names.
+            treatment_id = row.data.get("treatment_id")
+            if treatment_id:
+                existing.append(("treatments", op.site, str(treatment_id)))
+            inventory.append((op.site, line_serial(row.data)))
+        self.view.read(rows=existing, ledger=ledger, inventory=inventory, serials=serials)
 
-    # --- checks before anything is written ---------------------------------------------------
+    # --- deciding one operation ---------------------------------------------------------------
+    def _admissible(self, op: Operation) -> bool:
+        return op.device_id == self.device_id and self.scope.allows(op.site)
+
     def _admit(self, op: Operation) -> None:
         if op.device_id != self.device_id:
             raise _Rejected(
@@ -308,40 +405,20 @@ class _Batch:
         if not self.scope.allows(op.site):
             raise _Rejected(Code.SITE_NOT_ALLOWED, f"This device does not sync site {op.site}.")
 
-    def _claimed(self, op: Operation) -> _Outcome:
-        original = self._claim(op)
-        if original is not None:
-            return _Outcome(
-                OpResult(op_id=op.op_id, status="duplicate", version=original.version, original=original)
-            )
+    def _decide(self, op: Operation) -> _Effect:
+        stored = self.view.stored_result(op.op_id)
+        if stored is not None:
+            return _duplicate(op, stored)
         self._require_dependencies(op)
         # A person's decision is recorded before its values merge; a second decision is refused
         # (cloud/resolutions.py). An incident a station reports is kept once (cloud/incidents.py).
         refused = settle_resolution(self.conn, self.device_id, op) if op.resolution else None
         if refused is not None or op.table == "incidents":
-            outcome = _Outcome(refused or record_incident(self.conn, self.device_id, op))
+            effect = _Effect(refused or record_incident(self.conn, self.device_id, op))
         else:
-            outcome = {"insert": self._insert, "update": self._update, "delete": self._delete}[op.kind](op)
-        self._store_result(op, outcome.result)
-        return outcome
-
-    def _claim(self, op: Operation) -> OpResult | None:
-        """Claim (device, op_id) in the ledger, or return the result stored by the first attempt.
-
-        A concurrent request carrying the same op waits on the claim until this one commits, then
-        finds the stored result: two deliveries never both apply.
-        """
-        key = {"device_id": self.device_id, "op_id": op.op_id}
-        claimed = self.conn.execute(_CLAIM, {**key, "site": op.site}).first()
-        if claimed is not None:
-            return None
-        stored = self._results.get(op.op_id)  # the same op earlier in this batch
-        if stored is None:
-            stored = self.conn.execute(_STORED, key).scalar()
-        if stored is None:
-            # The id was first used for a site this request cannot see: never apply it a second time.
-            raise _Rejected(Code.INVALID_OPERATION, "This operation id was already used for another site.")
-        return OpResult.model_validate(stored)
+            effect = {"insert": self._insert, "update": self._update, "delete": self._delete}[op.kind](op)
+        effect.ledger = _stored(effect.answer)
+        return effect
 
     def _require_dependencies(self, op: Operation) -> None:
         pending = [d for d in op.depends_on if d not in self.effective]
@@ -352,12 +429,7 @@ class _Batch:
             raise _missing(failed_here)
         if failed_here:
             raise _dependency_rejected(failed_here)
-        rows = self.conn.execute(
-            select(op_ledger.c.op_id, op_ledger.c.result["status"].astext).where(
-                op_ledger.c.device_id == self.device_id, op_ledger.c.op_id.in_(pending)
-            )
-        ).all()
-        found = {op_id: status for op_id, status in rows}
+        found = self.view.stored_statuses(pending)
         missing = [d for d in pending if d not in found]
         if missing:
             raise _missing(missing)
@@ -369,85 +441,79 @@ class _Batch:
         self.effective.update(found)
 
     # --- insert ------------------------------------------------------------------------------
-    def _insert(self, op: Operation) -> _Outcome:
+    def _insert(self, op: Operation) -> _Effect:
         record = {**without_station_local(op.payload), "id": op.record_id}
         if op.table == "treatments":
             record["site"] = op.site
-        if op.table != "treatments" and not self._has_treatment(op.site, record["treatment_id"]):
+        if op.table != "treatments" and self._treatment(op.site, record["treatment_id"]) is None:
             raise _Rejected(
                 Code.UNKNOWN_TREATMENT,
                 f"The cloud has no treatment {record['treatment_id']} at site {op.site} yet; "
                 "the station keeps this change and sends it again.",
             )
         if op.table == "applicators":
-            record["serial_number"] = str(record["serial_number"]).strip().upper()
-            self._lock_serial(record["serial_number"])
-        values = {
-            "site": op.site,
-            "id": op.record_id,
-            "version": 1,
-            "data": seal_record(record, self.cipher),
-            "field_hlc": _clocks({name: op.hlc for name in record}, {op.hlc: op.clock_offset_ms}),
-            "deleted": record.get("deleted_at") is not None,
-            "device_id": self.device_id,
-            "last_op_id": op.op_id,
-            **_columns(op.table, record),
-        }
-        inserted = self.conn.execute(_INSERT[op.table], values).first()
-        if inserted is None:
+            record["serial_number"] = _serial(record["serial_number"])
+            # Two laptops' inserts of one serial are checked one after the other: the second sees the first.
+            self.view.lock(serials=[record["serial_number"]])
+        if self.view.row(op.table, op.site, op.record_id) is not None:
             raise _Rejected(Code.RECORD_EXISTS, f"Record {op.record_id} already exists at site {op.site}.")
+        effect = _Effect()
+        effect.rows.append(
+            Row(
+                op.table,
+                op.site,
+                op.record_id,
+                version=1,
+                data=seal_record(record, self.cipher),
+                field_hlc=_clocks({name: op.hlc for name in record}, {op.hlc: op.clock_offset_ms}),
+                deleted=record.get("deleted_at") is not None,
+                columns=_columns(op.table, record),
+                inserted=True,
+                last_op_id=op.op_id,
+            )
+        )
         found: list[ConflictInfo] = []
         notes: list[str] = []
         if op.table == "applicators":
-            found += self._serial_clashes(op, record)
-            found += self._inventory_recheck(op, record, notes)
-        self._queue_write_back(op, {}, record)
-        return _Outcome(_result(op, 1, found, notes), [self._change(op, 1)])
+            found += self._serial_clashes(op, record, effect)
+            found += self._inventory_recheck(op, record, notes, effect)
+        self._queue_write_back(op, {}, record, effect)
+        effect.result = _result(op, 1, found, notes)
+        effect.changes.append(self._change(op, 1))
+        return effect
 
-    def _lock_serial(self, serial: str) -> None:
-        # Two laptops' inserts of one serial are checked one after the other: the second sees the first.
-        self.conn.execute(_SERIAL_LOCK, {"cls": SERIAL_LOCK_CLASS, "serial": serial})
-
-    def _serial_clashes(self, op: Operation, record: dict[str, Any]) -> list[ConflictInfo]:
+    def _serial_clashes(self, op: Operation, record: dict[str, Any], effect: _Effect) -> list[ConflictInfo]:
         """Invariant 9: one serial live in two treatments is a safety conflict on both records."""
-        params: dict[str, Any] = {
-            "serial": record["serial_number"],
-            "site": op.site,
-            "record_id": op.record_id,
-        }
-        if not self.scope.all_sites:
-            params["sites"] = sorted(self.scope.sites)
-        query = _SERIAL_CLASHES[not self.scope.all_sites]
         found: list[ConflictInfo] = []
-        for row in self.conn.execute(query, params):
-            if not _clash(row, op.site, record):
+        for use in self.view.serial_uses(record["serial_number"]):
+            if (use.site, use.id) == (op.site, op.record_id) or not _clash(use, op.site, record):
                 continue
             rule = (
                 "serial_scanned_twice"
-                if row.treatment_id == record["treatment_id"]
+                if use.treatment_id == record["treatment_id"]
                 else "serial_in_two_treatments"
             )
-            found += self._serial_conflict_pair(op, record, row, rule)
+            found += self._serial_conflict_pair(op, record, use, rule, effect)
         return found
 
     def _serial_conflict_pair(
-        self, op: Operation, record: dict[str, Any], other: Any, rule: str
+        self, op: Operation, record: dict[str, Any], other: SerialUse, rule: str, effect: _Effect
     ) -> list[ConflictInfo]:
         here = {"site": op.site, "treatment_id": record["treatment_id"], "applicator_id": op.record_id}
         there = {"site": other.site, "treatment_id": other.treatment_id, "applicator_id": other.id}
         serial = record["serial_number"]
-        mine = self._conflict(op, _serial_conflict(op.site, op.record_id, rule, serial, server=there))
-        theirs = self._conflict(op, _serial_conflict(other.site, other.id, rule, serial, server=here))
+        mine = self._conflict(op, _serial_conflict(op.site, op.record_id, rule, serial, server=there), effect)
+        theirs = self._conflict(op, _serial_conflict(other.site, other.id, rule, serial, server=here), effect)
         details = {"serial": serial, "here": here, "there": there}
-        self._incident(op.op_id, op.site, "serial_in_two_treatments", op.record_id, details)
+        self._incident(op.op_id, op.site, "serial_in_two_treatments", op.record_id, details, effect)
         return [mine, theirs.model_copy(update={"record_id": other.id, "table": "applicators"})]
 
     def _inventory_recheck(
-        self, op: Operation, record: dict[str, Any], notes: list[str]
+        self, op: Operation, record: dict[str, Any], notes: list[str], effect: _Effect
     ) -> list[ConflictInfo]:
         """The cloud re-checks every scan against Priority's inventory as last refreshed."""
         serial = record["serial_number"]
-        inventory = self.conn.execute(_INVENTORY, {"site": op.site, "serial": serial}).one()
+        inventory = self.view.inventory(op.site, serial)
         if not inventory.loaded:
             notes.append(
                 f"Not re-checked against Priority: no inventory has been loaded for site {op.site} yet."
@@ -463,54 +529,51 @@ class _Batch:
         notes.append(message)
         details = {"serial": serial, "treatment_id": record["treatment_id"], "usage": usage}
         details["bundle_version"] = record.get("bundle_version")  # the cache that let the scan through
-        self._incident(op.op_id, op.site, rule, op.record_id, details)
-        return [self._conflict(op, _serial_conflict(op.site, op.record_id, rule, serial, server=usage))]
+        self._incident(op.op_id, op.site, rule, op.record_id, details, effect)
+        conflict = _serial_conflict(op.site, op.record_id, rule, serial, server=usage)
+        return [self._conflict(op, conflict, effect)]
 
     # --- update and delete -------------------------------------------------------------------
-    def _update(self, op: Operation) -> _Outcome:
+    def _update(self, op: Operation) -> _Effect:
         row = self._lock_record(op)
         server = open_record(row.data, self.cipher)
         changed = {k: tuple(v) for k, v in op.changed.items() if not is_station_local(k)}
         ctx = self._context(op, row, server, changed)
         outcomes = merge(op.table, changed, server, ctx)
-        found = [self._contested(op, o) for o in outcomes if o.contested]
+        effect = _Effect()
+        found = [self._contested(op, o, effect) for o in outcomes if o.contested]
         taken = [o for o in outcomes if o.action is Action.TAKE]
         if not taken:
-            return _Outcome(_result(op, row.version, found, []))
+            effect.result = _result(op, row.version, found, [])
+            return effect
         merged = {**server, **{o.field: o.value for o in taken}}
         merged["hlc"] = max(str(server.get("hlc") or ""), op.hlc)
         merged["updated_at"] = _later(server.get("updated_at"), op.payload.get("updated_at"))
         clocks = {**_field_clocks(row.field_hlc), **{o.field: op.hlc for o in taken}}
         offsets = {**_offsets(row.field_hlc), op.hlc: op.clock_offset_ms}
         deleted = merged.get("deleted_at") is not None if "deleted_at" in merged else row.deleted
-        version = self._write(op, row.version + 1, merged, _clocks(clocks, offsets), deleted)
-        self._queue_write_back(op, server, merged)
-        return _Outcome(_result(op, version, found, []), [self._change(op, version)])
+        version = self._write(op, row, merged, _clocks(clocks, offsets), deleted, effect)
+        self._queue_write_back(op, server, merged, effect)
+        effect.result = _result(op, version, found, [])
+        return effect
 
-    def _queue_write_back(self, op: Operation, before: Mapping[str, Any], after: dict[str, Any]) -> None:
-        """What Priority must learn, queued in this transaction (sent later; never blocks the push)."""
-        if op.table == "applicators" and after.get("status") != before.get("status"):
-            enqueue_applicator(self.conn, op.site, after)  # only a final status is written back
-        completed = after.get("is_complete") is True and before.get("is_complete") is not True
-        if op.table == "treatments" and completed:
-            enqueue_order_status(self.conn, op.site, seal_record(after, self.cipher), self.cipher)
-
-    def _delete(self, op: Operation) -> _Outcome:
+    def _delete(self, op: Operation) -> _Effect:
         """A soft delete: the record and its history stay; pulls carry `deleted`."""
         row = self._lock_record(op)
+        effect = _Effect()
         if row.deleted:
-            return _Outcome(_result(op, row.version, [], ["Already deleted."]))
+            effect.result = _result(op, row.version, [], ["Already deleted."])
+            return effect
         record = open_record(row.data, self.cipher)
         marks = {k: op.payload[k] for k in ("deleted_at", "deleted_by", "deleted_reason") if k in op.payload}
         clocks = {**_field_clocks(row.field_hlc), **{k: op.hlc for k in marks}}
         offsets = {**_offsets(row.field_hlc), op.hlc: op.clock_offset_ms}
-        version = self._write(op, row.version + 1, {**record, **marks}, _clocks(clocks, offsets), True)
-        return _Outcome(_result(op, version, [], []), [self._change(op, version)])
+        version = self._write(op, row, {**record, **marks}, _clocks(clocks, offsets), True, effect)
+        effect.result = _result(op, version, [], [])
+        return effect
 
-    def _lock_record(self, op: Operation) -> Any:
-        row = self.conn.execute(
-            _LOCK_RECORD[op.table], {"record_site": op.site, "record_id": op.record_id}
-        ).first()
+    def _lock_record(self, op: Operation) -> Row:
+        row = self.view.locked_row(op.table, op.site, op.record_id)
         if row is None:
             raise _Rejected(
                 Code.UNKNOWN_RECORD,
@@ -520,13 +583,13 @@ class _Batch:
         return row
 
     def _context(
-        self, op: Operation, row: Any, server: dict[str, Any], changed: Mapping[str, tuple[Any, Any]]
+        self, op: Operation, row: Row, server: dict[str, Any], changed: Mapping[str, tuple[Any, Any]]
     ) -> RuleContext:
         clocks, offsets = _field_clocks(row.field_hlc), _offsets(row.field_hlc)
         indication = server.get("indication") or "unknown"
         if op.table == "applicators" and "status" in changed:
             parent = self._treatment(op.site, server.get("treatment_id"))
-            indication = (parent or {}).get("indication") or "unknown"
+            indication = (None if parent is None else parent.data.get("indication")) or "unknown"
         return RuleContext(
             local_hlc=op.hlc,
             local_offset_ms=op.clock_offset_ms,
@@ -540,25 +603,48 @@ class _Batch:
         )
 
     def _write(
-        self, op: Operation, version: int, record: dict[str, Any], field_hlc: dict[str, Any], deleted: bool
+        self,
+        op: Operation,
+        row: Row,
+        record: dict[str, Any],
+        field_hlc: dict[str, Any],
+        deleted: bool,
+        effect: _Effect,
     ) -> int:
-        self.conn.execute(
-            _WRITE[op.table],
-            {
-                "record_site": op.site,
-                "record_id": op.record_id,
-                "version": version,
-                "data": seal_record(record, self.cipher),
-                "field_hlc": field_hlc,
-                "deleted": deleted,
-                "last_op_id": op.op_id,
-                **_columns(op.table, record),
-            },
+        version = row.version + 1
+        effect.rows.append(
+            replace(
+                row,
+                version=version,
+                data=seal_record(record, self.cipher),
+                field_hlc=field_hlc,
+                deleted=deleted,
+                columns={**row.columns, **_columns(op.table, record)},
+                last_op_id=op.op_id,
+            )
         )
+        effect.changes.append(self._change(op, version))
         return version
 
-    # --- conflicts, incidents, ledger ----------------------------------------------------------
-    def _contested(self, op: Operation, outcome: FieldOutcome) -> ConflictInfo:
+    def _queue_write_back(
+        self, op: Operation, before: Mapping[str, Any], after: dict[str, Any], effect: _Effect
+    ) -> None:
+        """What Priority must learn, queued with the op's rows (cloud/priority/writeback.py: sent later,
+        never waited for)."""
+        status = after.get("status")
+        if op.table == "applicators" and status != before.get("status") and status in WRITE_BACK_STATUSES:
+            # (only a final status is written back, to the order line the inventory names)
+            line = self.view.inventory(op.site, line_serial(after)).line
+            payload = applicator_payload(after, line)
+            if payload is not None:
+                effect.write_backs.append(_write_back(op.site, "applicator", payload))
+        completed = after.get("is_complete") is True and before.get("is_complete") is not True
+        if op.table == "treatments" and completed:
+            for payload in order_status_payloads(seal_record(after, self.cipher), self.cipher):
+                effect.write_backs.append(_write_back(op.site, "order_status", payload))
+
+    # --- conflicts, incidents, refusals --------------------------------------------------------
+    def _contested(self, op: Operation, outcome: FieldOutcome, effect: _Effect) -> ConflictInfo:
         held = outcome.action is Action.HOLD
         return self._conflict(
             op,
@@ -577,30 +663,29 @@ class _Batch:
                 else ("keep_local" if outcome.action is Action.TAKE else "keep_server"),
                 value=outcome.value,
             ),
+            effect,
         )
 
-    def _conflict(self, op: Operation, row: _Conflict) -> ConflictInfo:
-        """Write one conflicts row (patient values sealed) and say it to the station (in clear)."""
+    def _conflict(self, op: Operation, row: _Conflict, effect: _Effect) -> ConflictInfo:
+        """One conflicts row (patient values sealed); said to the station in clear."""
         conflict_id = str(uuid.uuid4())
         status = "open" if row.resolution is None else "auto_resolved"
-        self.conn.execute(
-            insert(conflicts).values(
-                id=conflict_id,
-                site=row.site,
-                table_name=row.table,
-                record_id=row.record_id,
-                field=row.field,
-                is_safety=row.is_safety,
-                rule=row.rule[:32],
-                local_value=seal_value(row.field, row.local, self.cipher),
-                server_value=seal_value(row.field, row.server, self.cipher),
-                base_value=seal_value(row.field, row.base, self.cipher),
-                status=status,
-                op_id=op.op_id,
-                device_id=self.device_id,
-                resolved_at=None if row.resolution is None else text("now()"),
-                resolution=row.resolution,
-            )
+        effect.conflicts.append(
+            {
+                "id": conflict_id,
+                "site": row.site,
+                "table_name": row.table,
+                "record_id": row.record_id,
+                "field": row.field,
+                "is_safety": row.is_safety,
+                "rule": row.rule[:32],
+                "local_value": seal_value(row.field, row.local, self.cipher),
+                "server_value": seal_value(row.field, row.server, self.cipher),
+                "base_value": seal_value(row.field, row.base, self.cipher),
+                "status": status,
+                "op_id": op.op_id,
+                "resolution": row.resolution,
+            }
         )
         return ConflictInfo(
             conflict_id=conflict_id,
@@ -614,48 +699,49 @@ class _Batch:
         )
 
     def _incident(
-        self, op_id: str, site: str, kind: str, record_id: str | None, details: dict[str, Any]
+        self,
+        op_id: str,
+        site: str,
+        kind: str,
+        record_id: str | None,
+        details: dict[str, Any],
+        effect: _Effect,
     ) -> None:
         """One incident per operation, kind and record, however often the operation is retried."""
         key = f"{self.device_id}:{op_id}:{kind}:{record_id}"
-        self.conn.execute(
-            pg_insert(incidents)
-            .values(
-                id=str(uuid.uuid5(INCIDENT_NAMESPACE, key)),
-                site=site,
-                kind=kind[:32],
-                record_id=record_id,
-                details={**details, "op_id": op_id, "device_id": self.device_id},
-            )
-            .on_conflict_do_nothing(index_elements=["site", "id"])
+        effect.incidents.append(
+            {
+                "id": str(uuid.uuid5(INCIDENT_NAMESPACE, key)),
+                "site": site,
+                "kind": kind[:32],
+                "record_id": record_id,
+                "details": {**details, "op_id": op_id, "device_id": self.device_id},
+            }
         )
 
-    def _store_result(self, op: Operation, result: OpResult) -> None:
-        # Written with the batch's others by store_results; the claim holds the row until then.
-        self._results[op.op_id] = _stored(result)
-
-    def _refuse(self, op: Operation, refusal: _Rejected) -> OpResult:
+    def _refusal(self, op: Operation, refusal: _Rejected) -> _Effect:
         result = OpResult(op_id=op.op_id, status="rejected", code=refusal.code, message=refusal.message)
-        self.failed[op.op_id] = refusal.code
+        effect = _Effect(result)
         if refusal.code not in RETRYABLE_CODES:
             # A final refusal is the op's answer for ever: a retry gets it back as `duplicate`.
-            with self.conn.begin_nested():
-                self.conn.execute(
-                    pg_insert(op_ledger)
-                    .values(device_id=self.device_id, op_id=op.op_id, site=op.site, result=_stored(result))
-                    .on_conflict_do_nothing(index_elements=["device_id", "op_id"])
-                )
-        self._incident_for_rejection(op.model_dump(), refusal)
-        return result
+            effect.ledger = _stored(result)
+        self._incident_for_rejection(op.model_dump(), refusal, effect)
+        return effect
 
-    def _refuse_malformed(self, raw: dict[str, Any], problem: str) -> OpResult:
+    def _malformed(self, raw: dict[str, Any], problem: str) -> _Effect:
         refusal = _Rejected(Code.INVALID_OPERATION, f"This operation is malformed: {problem}")
-        self._incident_for_rejection(raw, refusal)
-        return OpResult(
-            op_id=str(raw.get("op_id") or ""), status="rejected", code=refusal.code, message=refusal.message
+        effect = _Effect(
+            OpResult(
+                op_id=str(raw.get("op_id") or ""),
+                status="rejected",
+                code=refusal.code,
+                message=refusal.message,
+            )
         )
+        self._incident_for_rejection(raw, refusal, effect)
+        return effect
 
-    def _incident_for_rejection(self, op: Mapping[str, Any], refusal: _Rejected) -> None:
+    def _incident_for_rejection(self, op: Mapping[str, Any], refusal: _Rejected, effect: _Effect) -> None:
         """Invariant 6: a rejected INSERTED or FAULTY applicator is an incident, not just a log line."""
         payload = op.get("payload") if isinstance(op.get("payload"), dict) else {}
         if op.get("table") != "applicators" or payload.get("status") not in INCIDENT_STATUSES:
@@ -671,38 +757,17 @@ class _Batch:
             return
         details = {"code": refusal.code.value, "message": refusal.message, "status": payload.get("status")}
         details["serial"] = payload.get("serial_number")
-        try:
-            with self.conn.begin_nested():
-                self._incident(str(op.get("op_id") or ""), site, "rejected_applicator", record_id, details)
-        except DBAPIError as exc:
-            if _retryable(exc):
-                raise
-            # A malformed op must not take the batch down; its refusal still reaches the station.
-            log.exception("the incident for rejected applicator %s could not be stored", record_id)
+        self._incident(str(op.get("op_id") or ""), site, "rejected_applicator", record_id, details, effect)
 
     # --- reads -------------------------------------------------------------------------------
-    def _treatment(self, site: str, treatment_id: Any) -> dict[str, Any] | None:
+    def _treatment(self, site: str, treatment_id: Any) -> Row | None:
+        """The treatment as this batch sees it (rows are never removed: a deleted one is a flag)."""
         if not treatment_id:
             return None
-        return self.conn.execute(_TREATMENT, {"site": site, "id": str(treatment_id)}).scalar()
-
-    def _has_treatment(self, site: str, treatment_id: Any) -> bool:
-        """Whether the cloud has the treatment; asked once per treatment and batch (rows are never
-        removed: a deleted treatment is a flag)."""
-        key = (site, str(treatment_id))
-        if key not in self._treatments:
-            if self._treatment(site, treatment_id) is None:
-                return False
-            self._treatments.add(key)
-        return True
+        return self.view.row("treatments", site, str(treatment_id))
 
     def _role_of(self, user_id: Any) -> str | None:
-        if user_id is None:
-            return None
-        key = str(user_id)
-        if key not in self._roles:
-            self._roles[key] = self.conn.execute(select(users.c.role).where(users.c.id == key)).scalar()
-        return self._roles[key]
+        return None if user_id is None else self.view.role(str(user_id))
 
     def _change(self, op: Operation, version: int) -> dict[str, Any]:
         return {
@@ -713,6 +778,20 @@ class _Batch:
             "op_id": op.op_id,
             "device_id": self.device_id,
         }
+
+
+def _duplicate(op: Operation, stored: dict[str, Any]) -> _Effect:
+    original = OpResult.model_validate(stored)
+    return _Effect(OpResult(op_id=op.op_id, status="duplicate", version=original.version, original=original))
+
+
+def _write_back(site: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "site": site, "kind": kind, "payload": payload}
+
+
+def _serial(value: Any) -> str:
+    """A serial as the cloud keys it: trimmed, upper case (as Priority's inventory is)."""
+    return str(value).strip().upper()
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -38,12 +38,30 @@ def enqueue_applicator(conn: Connection, site: str, record: dict[str, Any]) -> b
     line = conn.execute(
         select(priority_applicators.c.data).where(
             priority_applicators.c.site == site,
-            priority_applicators.c.serial == str(record.get("serial_number", "")).upper(),
+            priority_applicators.c.serial == line_serial(record),
         )
     ).scalar()
+    payload = applicator_payload(record, line)
+    if payload is None:
+        return False
+    _enqueue(conn, site, "applicator", payload)
+    return True
+
+
+def line_serial(record: dict[str, Any]) -> str:
+    """The priority_applicators serial an applicator record's order line is kept under."""
+    return str(record.get("serial_number", "")).upper()
+
+
+def applicator_payload(record: dict[str, Any], line: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What Priority must learn of a terminal applicator on its order line (`line`: the
+    priority_applicators data of `line_serial(record)`); None when there is nothing to send.
+    (Pure, so that a push batch can queue many at once: cloud/push.py.)"""
+    if record.get("status") not in TERMINAL:
+        return None
     if not line or line.get("priority_order") is None or line.get("kline") is None:
-        return False  # an applicator Priority does not list (emergency stock): nothing to write
-    payload = {
+        return None  # an applicator Priority does not list (emergency stock): nothing to write
+    return {
         "order": line["priority_order"],
         "kline": line["kline"],
         "usage": USAGE_BY_STATUS.get(record["status"], "No Use"),
@@ -51,20 +69,23 @@ def enqueue_applicator(conn: Connection, site: str, record: dict[str, Any]) -> b
         "comments": record.get("comments"),
         "insertion_date": record.get("status_changed_at"),
     }
-    _enqueue(conn, site, "applicator", payload)
-    return True
 
 
 def enqueue_order_status(conn: Connection, site: str, record: dict[str, Any], cipher: PatientCipher) -> int:
     """Queue the status of every Priority order of a completed treatment (Performed, Removed)."""
+    payloads = order_status_payloads(record, cipher)
+    for payload in payloads:
+        _enqueue(conn, site, "order_status", payload)
+    return len(payloads)
+
+
+def order_status_payloads(record: dict[str, Any], cipher: PatientCipher) -> list[dict[str, Any]]:
+    """The status each Priority order of a completed treatment (`record` as stored) must get."""
     status = ORDER_STATUS_BY_TYPE.get(record.get("type", ""))
     subject = cipher.decrypt(record.get("subject_id_enc")) if record.get("subject_id_enc") else None
     if not record.get("is_complete") or status is None or not subject or record.get("needs_reconciliation"):
-        return 0
-    orders = [name for name in subject.split("+") if name]
-    for order in orders:
-        _enqueue(conn, site, "order_status", {"order": order, "status": status})
-    return len(orders)
+        return []
+    return [{"order": name, "status": status} for name in subject.split("+") if name]
 
 
 def send_due(engine: Engine, client: PriorityClient, *, now: datetime | None = None) -> WritebackReport:
