@@ -2,11 +2,13 @@
 
 Codes are read from the outbox that `FileSender` writes (the same contract as an SMS or e-mail
 gateway). Time is moved by rewriting timestamps through the owner's connection, never by sleeping.
+Codes are sent after the reply: tests wait for the sender to have written one, or for the server
+to have finished the request (tests/cloud/requests_done.py), never by polling.
 """
 
 import json
 import re
-import time
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,32 +27,42 @@ from cloud.auth.senders import FileSender, sender_for
 from cloud.db import SiteScope, scoped_transaction
 from cloud.schema import audit_events, login_codes, sessions, users
 from tests.cloud.conftest import CloudDatabase
+from tests.cloud.requests_done import RequestsDone
 from tests.cloud.utils import HOSPITAL_A_SITES, HOSPITAL_B_SITES, add_device, add_session, add_sites, add_user
 
 pytestmark = pytest.mark.postgres
 
 REFUSED = {"detail": "The code is wrong or has expired."}
+REQUEST_CODE = "/api/v1/auth/request-code"
 EMAIL = "dana.levi@hospital.example"
 PHONE = "+972501234567"
 
 
 # --- fixtures and helpers (tests/cloud/test_enrolment.py uses them too)
 @dataclass(frozen=True)
+class Served:
+    url: str
+    done: RequestsDone  # when the server has finished a request, its background tasks included
+
+
+@dataclass(frozen=True)
 class Station:
     device_id: str
     client: httpx.Client  # sends the station's device credential
+    done: RequestsDone
 
 
 @contextmanager
-def serve_with_outbox(cloud_db: CloudDatabase, app_engine: Engine, outbox: Path) -> Iterator[str]:
+def serve_with_outbox(cloud_db: CloudDatabase, app_engine: Engine, outbox: Path) -> Iterator[Served]:
     """The cloud on loopback with its codes going to `outbox` (FileSender)."""
     from cloud.app import create_app
     from cloud.config import CloudSettings
     from tests.utils.servers import serve
 
     settings = CloudSettings(database_url=cloud_db.app_url, code_sender=f"file:{outbox}")
-    with serve(create_app(settings, engine=app_engine)) as url:
-        yield url
+    app = RequestsDone(create_app(settings, engine=app_engine))
+    with serve(app) as url:
+        yield Served(url, app)
 
 
 @contextmanager
@@ -68,24 +80,54 @@ def sent(outbox: Path, destination: str) -> list[dict[str, Any]]:
 
 
 def wait_for_code(outbox: Path, destination: str, already: int, timeout_s: float = 5) -> str:
-    """The code of message number `already + 1` to `destination` (codes are sent after the reply)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        messages = sent(outbox, destination)
-        if len(messages) > already:
-            found = re.search(r"\b\d{6}\b", messages[already]["text"])
-            assert found, messages[already]
-            return found.group()
-        time.sleep(0.01)
-    raise AssertionError(f"no code reached {destination} within {timeout_s} s")
+    """The code of message number `already + 1` to `destination`. Codes are sent after the reply:
+    this waits on the app's own FileSender, which wakes it each time it has written a message."""
+    delivered = _delivered(outbox)
+    with delivered:
+        arrived = delivered.wait_for(lambda: len(sent(outbox, destination)) > already, timeout_s)
+    assert arrived, f"no code reached {destination} within {timeout_s} s"
+    return _code(sent(outbox, destination)[already])
 
 
 def new_login_code(station: Station, outbox: Path, identifier: str, destination: str | None = None) -> str:
     destination = destination or identifier
     already = len(sent(outbox, destination))
-    reply = station.client.post("/api/v1/auth/request-code", json={"identifier": identifier})
+    with station.done.one_more(REQUEST_CODE):  # the code is sent (and audited) after the reply
+        reply = station.client.post(REQUEST_CODE, json={"identifier": identifier})
     assert reply.status_code == 202, reply.text
-    return wait_for_code(outbox, destination, already)
+    messages = sent(outbox, destination)
+    assert len(messages) == already + 1, messages
+    return _code(messages[already])
+
+
+def _code(message: dict[str, Any]) -> str:
+    found = re.search(r"\b\d{6}\b", message["text"])
+    assert found, message
+    return found.group()
+
+
+_DELIVERED: dict[str, threading.Condition] = {}
+_HOOKING = threading.Lock()
+
+
+def _delivered(outbox: Path) -> threading.Condition:
+    """Notified each time the app's FileSender for `outbox` (the stand-in gateway) has written."""
+    setting = f"file:{outbox}"
+    with _HOOKING:
+        if setting not in _DELIVERED:
+            sender = sender_for(setting)  # the app's own instance: one per setting
+            written = _DELIVERED[setting] = threading.Condition()
+            send = sender.send
+
+            def send_and_notify(channel: Any, destination: str, text: str) -> None:
+                try:
+                    send(channel, destination, text)
+                finally:
+                    with written:
+                        written.notify_all()
+
+            sender.send = send_and_notify  # type: ignore[method-assign]
+        return _DELIVERED[setting]
 
 
 def verify(station: Station, identifier: str, code: str, **extra: str) -> httpx.Response:
@@ -136,17 +178,22 @@ def outbox(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def url(cloud_db: CloudDatabase, app_engine: Engine, outbox: Path) -> Iterator[str]:
-    with serve_with_outbox(cloud_db, app_engine, outbox) as base:
-        yield base
+def served(cloud_db: CloudDatabase, app_engine: Engine, outbox: Path) -> Iterator[Served]:
+    with serve_with_outbox(cloud_db, app_engine, outbox) as cloud:
+        yield cloud
 
 
 @pytest.fixture
-def station(url: str, owner_engine: Engine) -> Iterator[Station]:
+def url(served: Served) -> str:
+    return served.url
+
+
+@pytest.fixture
+def station(served: Served, owner_engine: Engine) -> Iterator[Station]:
     add_sites(owner_engine)
     device_id, token = add_device(owner_engine, HOSPITAL_A_SITES)
-    with client(url, token) as c:
-        yield Station(device_id, c)
+    with client(served.url, token) as c:
+        yield Station(device_id, c, served.done)
 
 
 @pytest.fixture
@@ -307,15 +354,13 @@ def test_audit_trail_has_every_login_event_with_identifiers_masked(
     session = verify(station, EMAIL, code).json()["session_token"]
     sms = new_login_code(station, outbox, PHONE)
     verify(station, PHONE, sms)
-    station.client.post("/api/v1/auth/request-code", json={"identifier": "ghost@hospital.example"})
+    with station.done.one_more(REQUEST_CODE):
+        station.client.post(REQUEST_CODE, json={"identifier": "ghost@hospital.example"})
     with client(str(station.client.base_url), session) as user:
         assert user.post("/api/v1/auth/logout").status_code == 204
 
-    deadline = time.monotonic() + 5  # "code sent" is written after the reply, when the sender took it
-    while sum(row.action == "login.code_sent" for row in audit_rows(owner_engine)) < 2:
-        assert time.monotonic() < deadline, "the code_sent events never arrived"
-        time.sleep(0.01)
-    rows = audit_rows(owner_engine)
+    rows = audit_rows(owner_engine)  # "code sent" is written after each reply: new_login_code waited
+    assert sum(row.action == "login.code_sent" for row in rows) == 2
     assert {row.action for row in rows} == {
         "login.code_requested",
         "login.code_sent",
@@ -359,14 +404,11 @@ def test_a_gateway_failure_is_audited_and_not_shown(
     add_sites(owner_engine)
     _, token = add_device(owner_engine, HOSPITAL_A_SITES)
     add_user(owner_engine, role="hospital", user_sites=("A-TLV",), email=EMAIL)
-    with serve_with_outbox(cloud_db, app_engine, tmp_path / "not-a-folder" / "outbox.jsonl") as base:
-        with client(base, token) as station:
-            reply = station.post("/api/v1/auth/request-code", json={"identifier": EMAIL})
+    with serve_with_outbox(cloud_db, app_engine, tmp_path / "not-a-folder" / "outbox.jsonl") as cloud:
+        with client(cloud.url, token) as station, cloud.done.one_more(REQUEST_CODE):
+            reply = station.post(REQUEST_CODE, json={"identifier": EMAIL})
         assert reply.status_code == 202
-        deadline = time.monotonic() + 5
-        while "login.code_send_failed" not in [row.action for row in audit_rows(owner_engine)]:
-            assert time.monotonic() < deadline, "the failed send was never audited"
-            time.sleep(0.01)
+        assert "login.code_send_failed" in [row.action for row in audit_rows(owner_engine)]
 
 
 # --- the session

@@ -7,18 +7,24 @@ from contextlib import ExitStack
 from typing import Any
 
 import httpx
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select, text
 
 from cloud.db import SiteScope, scoped_transaction
-from cloud.push import append_changes
-from cloud.schema import change_log, treatments
+from cloud.push import CHANGE_LOG_LOCK, OFFSETS_KEY, append_changes
+from cloud.schema import applicators, change_log, treatments
 from store.station import Station
 from store.treatments import delete_treatment
+from sync.protocol import PullReply
 from tests.cloud import test_push as shared
-from tests.cloud.test_push import Cloud, Device, station_ops, statuses
+from tests.cloud.test_push import Cloud, Device, _until_postgres_shows, station_ops, statuses
 from tests.cloud.utils import add_session, add_user
 from tests.utils.data import ADMIN, OTHER_HOSPITAL_SITE, SITE
 from tests.utils.flows import PATHS, S, insertion, move, scan
+
+WAITING_FOR_AN_ADVISORY_LOCK = (
+    "SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = current_database()"
+)
 
 cloud = shared.cloud  # the fixtures of the push tests: the app over HTTP, the station's device
 device = shared.device
@@ -100,6 +106,52 @@ def test_a_change_that_commits_late_with_a_smaller_seq_is_not_stepped_over(
     assert seen == _all_seqs(cloud) and len(seen) == 2
 
 
+def test_a_writer_waiting_for_the_change_log_lock_has_taken_no_sequence_number(
+    cloud: Cloud, app_engine: Engine
+) -> None:
+    """Fails if append_changes took its number before the lock (`EXISTS (SELECT lock())` did: the
+    lock was optimised away): the waiting writer's number would be below one committed meanwhile."""
+    scope = SiteScope(frozenset({SITE}))
+    waiting: list[str] = []
+
+    def writer() -> None:
+        with scoped_transaction(app_engine, scope) as conn:
+            waiting.append(_record_with_change(conn))
+
+    with scoped_transaction(app_engine, scope) as holder:
+        holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHANGE_LOG_LOCK})
+        thread = threading.Thread(target=writer)
+        thread.start()
+        _until_postgres_shows(cloud, WAITING_FOR_AN_ADVISORY_LOCK)  # the writer waits for the lock
+        first = _record_with_change(holder)  # the holder appends and commits while it waits
+    thread.join(10)
+
+    seq_of = {r.record_id: r.seq for r in cloud.rows(select(change_log.c.record_id, change_log.c.seq))}
+    assert seq_of[first] < seq_of[waiting[0]]
+
+
+def test_a_page_is_what_stations_parse(cloud: Cloud, station: Station, device: Device) -> None:
+    treatment_id = insertion(station)
+    applicator = scan(station, treatment_id, "DART-9000-00000")
+    move(station, applicator["id"], PATHS["loaded"][S.OPENED])
+    device.push(station_ops(station))
+
+    page = device.pull()
+    reply = PullReply.model_validate(page)  # the schema the OpenAPI document states
+
+    treatment, scanned, opened = reply.changes
+    assert (
+        treatment.record["subject_id"] == "SO2611001" and treatment.record["patient_label"] == "Cohen, Miriam"
+    )
+    assert not [k for k in treatment.record if k.endswith(("_enc", "_hash"))]
+    [stored] = cloud.rows(select(applicators.c.data).where(applicators.c.id == applicator["id"]))
+    assert scanned.record == opened.record == stored.data  # as stored: nothing to open in an applicator
+    for change in reply.changes:
+        assert OFFSETS_KEY not in change.field_hlc and change.field_hlc["id"].endswith(station.device_id)
+    assert opened.field_hlc["status"] > opened.field_hlc["id"]  # the status changed after the insert
+    assert (page["next_cursor"], page["has_more"]) == (opened.seq, False)
+
+
 def test_a_device_pulls_only_its_own_sites(cloud: Cloud, station: Station, device: Device) -> None:
     insertion(station)
     device.push(station_ops(station))
@@ -152,7 +204,7 @@ def _all_seqs(cloud: Cloud) -> list[int]:
     return [r.seq for r in cloud.rows(select(change_log.c.seq).order_by(change_log.c.seq))]
 
 
-def _record_with_change(conn: Connection) -> None:
+def _record_with_change(conn: Connection) -> str:
     record_id = str(uuid.uuid4())
     conn.execute(
         insert(treatments).values(
@@ -161,6 +213,7 @@ def _record_with_change(conn: Connection) -> None:
     )
     change = {"site": SITE, "table_name": "treatments", "record_id": record_id, "version": 1}
     append_changes(conn, [change])
+    return record_id
 
 
 def _new_treatment(device: Device, seq: int) -> dict[str, Any]:

@@ -6,6 +6,8 @@ second laptop's edits of the same record are built by hand from the first one's 
 """
 
 import json
+import logging
+import re
 import socket
 import threading
 import time
@@ -18,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import Engine, event, func, insert, select, text
 
 from cloud.app import create_app
 from cloud.cipher import load_cipher
@@ -48,15 +50,18 @@ from store.validation_cache import install_bundle
 from sync import wire
 from sync.protocol import MAX_OPS_PER_PUSH, PROTOCOL_VERSION, PushRequest
 from tests.cloud.conftest import CloudDatabase
+from tests.cloud.requests_done import RequestsDone
 from tests.utils.data import NOW, NURSE, OTHER_HOSPITAL_SITE, SECOND_SITE, SITE, FakeClock, make_bundle
 from tests.utils.flows import PATHS, finalised_insertion, insertion, move, scan
 from tests.utils.servers import serve
 
 S = ApplicatorStatus
 WAITING_FOR_A_LOCK = (
-    "SELECT count(*) FROM pg_stat_activity WHERE usename = 'dart_app' AND wait_event_type = 'Lock'"
+    "SELECT count(*) FROM pg_stat_activity WHERE usename = 'dart_app' AND wait_event_type = 'Lock' "
+    "AND datname = current_database()"
 )
 STATION_SITES = (SITE, SECOND_SITE)
+PUSH = "/api/v1/sync/push"
 
 
 # --- the cloud, its devices and the station's queue on the wire ----------------------------------
@@ -65,6 +70,7 @@ class Cloud:
     url: str
     owner: Engine  # test set-up and inspection only
     cipher: PatientCipher
+    done: RequestsDone  # when the server has finished a request (its client may have hung up)
 
     def enrol(self, device_id: str | None = None, device_sites: tuple[str, ...] = STATION_SITES) -> "Device":
         """A device with its own credential (a station's own id, so its queue entries match)."""
@@ -135,8 +141,9 @@ def cloud(
         codes = (SITE, SECOND_SITE, OTHER_HOSPITAL_SITE, "B-JLM")
         conn.execute(insert(sites), [{"code": c, "name": c, "hospital": c[0]} for c in codes])
     settings = CloudSettings(database_url=cloud_db.app_url, data_key_file=tmp_path / "cloud-data.key")
-    with serve(create_app(settings, engine=app_engine)) as url:
-        yield Cloud(url, owner_engine, load_cipher(settings.data_key_file))
+    app = RequestsDone(create_app(settings, engine=app_engine))
+    with serve(app) as url:
+        yield Cloud(url, owner_engine, load_cipher(settings.data_key_file), app)
 
 
 @pytest.fixture
@@ -242,8 +249,9 @@ def test_a_resend_after_the_reply_was_lost_is_answered_from_the_ledger(
 ) -> None:
     insertion(station)
     ops = station_ops(station)
-    _send_and_hang_up(device, ops)  # the request arrives; the station never reads the answer
-    _wait_for(lambda: cloud.scalar("SELECT result FROM op_ledger WHERE op_id = :op", op=ops[0]["op_id"]))
+    with cloud.done.one_more(PUSH):  # the server finishes the request, though nobody reads the answer
+        _send_and_hang_up(device, ops)
+    assert cloud.scalar("SELECT result FROM op_ledger WHERE op_id = :op", op=ops[0]["op_id"])
 
     resent = device.push(ops)
     once_more = device.push(ops)
@@ -580,7 +588,7 @@ def test_batches_that_lock_records_in_opposite_orders_both_complete(
 
 
 def test_a_batch_picked_as_a_deadlock_victim_is_run_again(
-    cloud: Cloud, station: Station, device: Device
+    cloud: Cloud, station: Station, device: Device, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Fails without the retry in push_batch: the device would get a 500 for a transient lock cycle."""
     treatment_id = insertion(station)
@@ -588,26 +596,27 @@ def test_a_batch_picked_as_a_deadlock_victim_is_run_again(
         scan(station, treatment_id, serial)
     ops = station_ops(station)
     device.push(ops)
-    first, second = ops[1], ops[2]
+    # The push locks its records in key order: it takes `first`, then waits for `last`, which
+    # another transaction holds; that one then asks for `first` and closes the circle.
+    first, last = sorted(ops[1:3], key=lambda op: op["record_id"])
     batch = [
         edit(op, device, {"comments": f"edit {i}"}, wall_ms=10 + i, seq=90 + i)
-        for i, op in enumerate([first, second])
+        for i, op in enumerate([first, last])
     ]
     answer: dict[str, Any] = {}
     lock = text("SELECT 1 FROM applicators WHERE id = :id FOR UPDATE")
-    with cloud.owner.connect() as other, other.begin():
+    with caplog.at_level(logging.WARNING, logger="cloud.push"), cloud.owner.connect() as other, other.begin():
         set_scope(other, SiteScope.everything())
-        other.execute(lock, {"id": second["record_id"]})
+        other.execute(lock, {"id": last["record_id"]})
         pusher = threading.Thread(target=lambda: answer.update(results=device.push(batch)))
         pusher.start()
-        _wait_for(
-            lambda: cloud.scalar(WAITING_FOR_A_LOCK)
-        )  # the push holds the first and waits for the second
-        other.execute(lock, {"id": first["record_id"]})  # closes the cycle; the push waited first and loses
+        _until_postgres_shows(cloud, WAITING_FOR_A_LOCK)  # the push holds `first`, waits for `last`
+        other.execute(lock, {"id": first["record_id"]})  # closes the circle; the push waited first and loses
     pusher.join(30)
 
     assert statuses(answer["results"]) == ["applied", "applied"]
     assert count(cloud, cloud_applicators, cloud_applicators.c.data["comments"].astext.like("edit %")) == 2
+    assert "retried after 40P01" in caplog.text  # there was a deadlock, and the push ran again
 
 
 def test_a_patient_sent_only_as_the_stations_ciphertext_is_refused(
@@ -669,6 +678,74 @@ def test_the_envelope_is_checked_whole(cloud: Cloud, device: Device) -> None:
     assert anonymous.status_code == 401
 
 
+# --- set-based batches ---------------------------------------------------------------------------
+def test_one_operation_at_a_time_answers_and_stores_what_the_set_based_batch_does(
+    cloud: Cloud, station: Station, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch is applied set-based; when its writes do not land, one op at a time in savepoints.
+    Both must give the same answers and rows. Laptop A pushes a hard batch at one site; laptop B
+    pushes the same at another site with one op the database refuses (NaN), which sends the whole
+    batch down the one-by-one path: everything else must come out alike."""
+    for site in (SITE, SECOND_SITE):
+        _inventory(cloud, site)
+    laptop_a, laptop_b = cloud.enrol(station.device_id, (SITE,)), cloud.enrol(device_sites=(SECOND_SITE,))
+    first, second = _hard_batches(station, laptop_a)
+    poison = {**second[0], "op_id": str(uuid.uuid4()), "record_id": (nan_id := str(uuid.uuid4()))}
+    poison["payload"] = {**second[0]["payload"], "id": nan_id, "planned_seeds": float("nan")}
+
+    with caplog.at_level(logging.INFO, logger="cloud.push"):
+        laptop_a.push(first)
+        answers_a = laptop_a.push(second)
+        assert "one operation at a time" not in caplog.text  # A: the set-based path
+        laptop_b.push(_elsewhere(first, laptop_b, laptop_a))
+        answers_b = _push_raw(laptop_b, _elsewhere([*second, poison], laptop_b, laptop_a))
+        assert "one operation at a time" in caplog.text  # B: the one-by-one path
+
+    *answers_b, refused = answers_b
+    assert refused["code"] == "store_failed"
+    assert sorted(set(statuses(answers_a))) == ["applied", "conflict", "duplicate", "rejected"]
+    assert {r.get("code") for r in answers_a} >= {
+        "record_exists",
+        "unknown_record",
+        "unknown_treatment",
+        "dependency_missing",
+        "invalid_operation",
+    }
+    rules = {c["rule"] for r in answers_a for c in r.get("conflicts") or []}
+    assert rules >= {
+        "serial_in_two_treatments",
+        "serial_scanned_twice",
+        "used_in_priority",
+        "not_in_inventory",
+        "advanced_status",
+        "latest_wins",
+    }
+    assert _same(answers_b, laptop_b) == _same(answers_a, laptop_a)
+    assert _stored(cloud, SECOND_SITE, laptop_b) == _stored(cloud, SITE, laptop_a)
+
+
+def test_a_batch_costs_a_few_statements_not_a_few_per_operation(
+    cloud: Cloud, station: Station, device: Device, app_engine: Engine
+) -> None:
+    serials = [f"DART-9000-{i:05d}" for i in range(8)]
+    finalised_insertion(station, serials)
+    ops = station_ops(station)
+    statements: list[str] = []
+
+    def count_statement(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(app_engine, "before_cursor_execute", count_statement)
+    try:
+        results = device.push(ops)
+    finally:
+        event.remove(app_engine, "before_cursor_execute", count_statement)
+
+    assert len(ops) == 34 and set(statuses(results)) == {"applied"}
+    # The credential, the site scope, the locks, the reads, the writes, the change log.
+    assert len(statements) <= 8, statements
+
+
 # --- helpers -----------------------------------------------------------------------------------
 def _send_and_hang_up(device: Device, ops: list[dict[str, Any]]) -> None:
     """Send a push over a raw socket and close it without reading: the reply is lost on the way."""
@@ -682,10 +759,12 @@ def _send_and_hang_up(device: Device, ops: list[dict[str, Any]]) -> None:
         sock.sendall(head.encode() + body)
 
 
-def _wait_for(condition: Any, timeout_s: float = 10) -> None:
+def _until_postgres_shows(cloud: Cloud, probe: str, timeout_s: float = 10) -> None:
+    """A readiness probe of the PostgreSQL server (another process): no client event says that a
+    backend has started to wait for a lock, so ask the server, until a deadline."""
     deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the cloud never finished the first delivery"
+    while not cloud.scalar(probe):
+        assert time.monotonic() < deadline, f"PostgreSQL never showed: {probe}"
         time.sleep(0.02)
 
 
@@ -710,3 +789,120 @@ def test_a_boolean_is_not_a_protocol_version() -> None:
 
     with pytest.raises(ValidationError):
         PushEnvelope.model_validate({"protocol": True, "ops": []})
+
+
+def _push_raw(device: Device, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Push with the standard library's JSON (httpx refuses NaN, which a station's JSON may hold)."""
+    body = json.dumps({"protocol": PROTOCOL_VERSION, "ops": ops})
+    headers = {**device.headers, "Content-Type": "application/json"}
+    response = httpx.post(f"{device.cloud.url}{PUSH}", content=body, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+def _inventory(cloud: Cloud, site: str) -> None:
+    """Priority's inventory: a serial with its order line, one Priority records as used, others."""
+    rows = [
+        {"serial": "DART-9000-00000", "data": {"usage": None, "priority_order": "SO2611001", "kline": 1}},
+        {"serial": "DART-9000-00001", "data": {"usage": "Full use"}},
+        {"serial": "DART-3000-00000", "data": {"usage": None}},
+    ]
+    with cloud.owner.begin() as conn:
+        conn.execute(insert(priority_applicators), [{**r, "site": site, "refreshed_at": NOW} for r in rows])
+
+
+def _hard_batches(station: Station, device: Device) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A first batch (a treatment, an opened applicator) and a second one with every kind of answer."""
+    earlier_treatment = insertion(station, "SO2611006")
+    earlier = scan(station, earlier_treatment, "DART-3000-00000")
+    move(station, earlier["id"], PATHS["loaded"][S.OPENED])
+    first = station_ops(station)
+    started, opened = first[0], first[-1]
+    finalised_insertion(station, ["DART-9000-00000", "DART-9000-00001", "DART-9000-00002"])
+    finished = station_ops(station, after_seq=opened["device_seq"])
+    scanned = next(op for op in finished if op["table"] == "applicators" and op["kind"] == "insert")
+
+    def again(op: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        return {**op, "op_id": str(uuid.uuid4()), **fields}
+
+    def another_scan(serial: str, **payload: Any) -> dict[str, Any]:
+        record_id = str(uuid.uuid4())
+        changed = {"serial_number": serial, "id": record_id, **payload}
+        return again(scanned, record_id=record_id, payload={**scanned["payload"], **changed})
+
+    twice = another_scan("DART-9000-00002")  # the same serial twice in one treatment
+    disposed = edit(opened, device, {"status": "DISPOSED"}, wall_ms=5_000_000_000_000, seq=200)
+    faulty = edit(
+        opened, device, {"status": "FAULTY", "deployed_seeds": 3}, wall_ms=5_000_000_000_001, seq=201
+    )
+    later = edit(opened, device, {"comments": "written later"}, wall_ms=9_000_000_000_000, seq=202)
+    sooner = edit(opened, device, {"comments": "written sooner"}, wall_ms=8_000_000_000_000, seq=203)
+    ghost = edit(opened, device, {"comments": "no such record"}, wall_ms=1, seq=204)
+    ghost = {**ghost, "record_id": str(uuid.uuid4())}
+    ghost["payload"] = {**ghost["payload"], "id": ghost["record_id"]}
+    removed = {
+        **twice,
+        "payload": {**twice["payload"], "deleted_at": NOW.isoformat(), "deleted_by": NURSE.user_id},
+    }
+    second = [
+        *finished,
+        another_scan("DART-3000-00000"),  # in use in the earlier treatment
+        twice,
+        another_scan(
+            "DART-9000-00005", treatment_id=str(uuid.uuid4()), status="INSERTED"
+        ),  # no such treatment
+        disposed,
+        faulty,  # both moved the status on from OPENED: held
+        later,
+        sooner,  # loses to the later comment by its clock
+        again(started),  # the earlier treatment inserted again
+        ghost,
+        again(later, depends_on=[disposed["op_id"], sooner["op_id"]]),
+        {**again(sooner, depends_on=[(late := str(uuid.uuid4()))])},  # depends on an op sent later
+        {**again(sooner), "op_id": late},
+        disposed,  # the same op twice in one batch
+        again(removed, kind="delete", changed={}),
+        again(removed, kind="delete", changed={}),  # already deleted
+        {**later, "op_id": str(uuid.uuid4()), "table": "patients"},  # malformed
+    ]
+    return first, second
+
+
+def _elsewhere(ops: list[dict[str, Any]], device: Device, first: Device) -> list[dict[str, Any]]:
+    """The same operations from another laptop at the second site (its name in every clock)."""
+    text = json.dumps(ops).replace(f'"{SITE}"', f'"{SECOND_SITE}"')
+    return json.loads(text.replace(first.device_id, device.device_id))
+
+
+def _same(found: Any, device: Device) -> Any:
+    """`found` with what differs by site and laptop made alike (conflict ids: by order of appearance)."""
+    text = json.dumps(found, sort_keys=True).replace(SECOND_SITE, SITE).replace(device.device_id, "<laptop>")
+    for n, conflict_id in enumerate(dict.fromkeys(re.findall(r'"conflict_id": "([^"]+)"', text))):
+        text = text.replace(conflict_id, f"<conflict {n}>")
+    return json.loads(text)
+
+
+def _stored(cloud: Cloud, site: str, device: Device) -> Any:
+    """Everything the pushes stored at `site`, in a comparable form."""
+    hidden = "'{subject_id_enc,patient_label_enc}'::text[]"  # sealed anew by each push
+    queries = {
+        "records": f"SELECT 'treatments' AS t, id, version, data - {hidden} AS data, field_hlc, deleted, "
+        "last_op_id, NULL AS s FROM treatments WHERE site = :site UNION ALL "
+        "SELECT 'applicators', id, version, data, field_hlc, deleted, last_op_id, "
+        "treatment_id || ' ' || serial_number FROM applicators WHERE site = :site ORDER BY 1, 2",
+        "ledger": "SELECT op_id, result FROM op_ledger WHERE site = :site ORDER BY op_id",
+        "changes": "SELECT table_name, record_id, version, op_id FROM change_log WHERE site = :site "
+        "ORDER BY seq",
+        "conflicts": "SELECT table_name, record_id, field, is_safety, rule, local_value, server_value, "
+        "base_value, status, op_id, resolution, resolved_at IS NULL FROM conflicts WHERE site = :site "
+        "ORDER BY op_id, record_id, field, rule",
+        "incidents": "SELECT kind, record_id, details FROM incidents WHERE site = :site "
+        "ORDER BY 1, 2, 3::text",
+        "write_backs": "SELECT kind, payload FROM writeback_queue WHERE site = :site ORDER BY 1, 2::text",
+    }
+    with cloud.owner.begin() as conn:
+        set_scope(conn, SiteScope.everything())
+        stored = {
+            name: [list(r) for r in conn.execute(text(sql), {"site": site})] for name, sql in queries.items()
+        }
+    return _same(stored, device)
