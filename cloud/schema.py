@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -50,6 +51,7 @@ HOSPITAL_TABLES = (
     "conflicts",
     "incidents",
     "audit_events",
+    "station_audit",
     "priority_orders",
     "priority_applicators",
     "writeback_queue",
@@ -253,6 +255,36 @@ audit_events = Table(
     Column("action", String(48), nullable=False),
     Column("details", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     _now(),
+)
+
+# Each station's own audit chain as it uploaded it (cloud/station_audit.py), verified link by link
+# on arrival; append-only. `device_id` is the uploading device (the chain), `recorded_device_id` the
+# id inside the entry (a station's earlier id, before it was enrolled as this device). An entry of
+# no one record is filed at every site of the device, so each site's auditors see it.
+station_audit = Table(
+    "station_audit",
+    cloud_metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("site", String(64), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("device_seq", BigInteger, nullable=False),
+    Column("event_id", String(36), nullable=False),
+    Column("recorded_device_id", String(64), nullable=False),
+    Column("user_id", String(64)),
+    Column("action", String(48), nullable=False),
+    Column("table_name", String(32)),
+    Column("record_id", String(64)),
+    Column("op_id", String(36)),
+    Column("old_values", JSONB),
+    Column("new_values", JSONB),
+    Column("reason", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),  # the station's time of the event
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    UniqueConstraint("site", "device_id", "device_seq"),
+    Index("ix_station_audit_device_id_device_seq", "device_id", "device_seq"),
+    Index("ix_station_audit_site_action", "site", "action"),
 )
 
 # --- what the cloud last read from Priority (hospital tables too: they name patients)

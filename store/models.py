@@ -497,6 +497,7 @@ class SyncState(SQLModel, table=True):
     last_sync_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)  # last round that completed
     last_error: str | None = Field(default=None)  # why the last round did not complete (None: it did)
     last_bundle_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)  # last bundle installed
+    audit_acked_seq: int | None = Field(default=None, sa_type=BigInteger)  # last audit entry the cloud holds
 
 
 metadata = SQLModel.metadata

@@ -20,6 +20,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from sync.audit_protocol import AuditReply
 from sync.protocol import PROTOCOL_VERSION, PullReply, PushReply
 
 API = "/api/v1"
@@ -112,6 +113,10 @@ class SyncClient:
         if not isinstance(body, dict):
             raise CloudFailed("the validation bundle is not a JSON object")
         return body
+
+    def upload_audit(self, body: bytes) -> AuditReply:
+        """POST /api/v1/audit with an encoded AuditUpload (sync/audit_upload.py builds it)."""
+        return self._parsed(AuditReply, "POST", f"{API}/audit", content=body)
 
     # --- plumbing ------------------------------------------------------------------------------
     def _parsed(self, model: type[Reply], method: str, path: str, **kwargs: Any) -> Reply:

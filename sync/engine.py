@@ -36,6 +36,7 @@ from store import incidents, remote
 from store.enums import QueueStatus
 from store.station import Station
 from store.validation_cache import BundleRejected, install_bundle
+from sync.audit_upload import AuditOutcome, upload_audit
 from sync.client import CloudFailed, Offline, ProtocolMismatch, Refused, SyncClient, SyncError, Unauthorised
 from sync.protocol import (
     PULL_DEFAULT_LIMIT,
@@ -94,6 +95,7 @@ class RoundReport:
     waiting: int = 0  # open entries not sent: backing off, or behind an entry they depend on
     conflicts: int = 0  # conflict rows recorded or updated
     bundle: str | None = None  # the version installed, or why the previous one was kept; None: not due
+    audit: AuditOutcome | None = None  # the audit upload after the push (its error never ends the round)
     finished_at: datetime | None = None
 
     def count(self, status: str, n: int = 1) -> None:
@@ -151,6 +153,7 @@ class SyncEngine:
                 self._measure_clock(client, report)
                 self._pull(client, report)
                 self._push(client, report)
+                report.audit = upload_audit(self.station, client)
                 self._refresh_bundle(client, report)
         except Offline as exc:
             _ended(report, Outcome.OFFLINE, exc)
