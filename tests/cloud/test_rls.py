@@ -67,11 +67,13 @@ UNOWNED_SITE = "*"
 SEEDED_SITES = (*HOSPITAL_A_SITES, *HOSPITAL_B_SITES, UNOWNED_SITE)
 TABLES: dict[str, Table] = {name: cloud_metadata.tables[name] for name in HOSPITAL_TABLES}
 
-# Privileges migration 0002 takes from the service: refused for every caller, whatever the scope.
+# Privileges migrations 0002 and 0003 take from the service: refused for every caller, whatever the scope.
 REVOKED = frozenset(
     {
         ("audit_events", "update"),
         ("audit_events", "delete"),
+        ("station_audit", "update"),
+        ("station_audit", "delete"),
         ("op_ledger", "delete"),
         ("change_log", "delete"),
         ("change_log", "update"),
