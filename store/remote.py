@@ -42,7 +42,7 @@ from store.models import SyncConflict, SyncState, ValidationCacheEntry
 from store.pulled_resolutions import settle_after_pull
 from store.station import Station
 from sync.protocol import IMMUTABLE_FIELDS, ConflictInfo, OpResult, PullChange
-from sync.rules import Action, FieldOutcome, RuleContext, merge, same
+from sync.rules import Action, FieldOutcome, RuleContext, followers_of, merge, same
 from sync.wire import (
     SEALED,
     TABLES,
@@ -64,7 +64,6 @@ APPLICATORS = TABLES["applicators"]
 
 OPEN_QUEUE = (QueueStatus.PENDING, QueueStatus.IN_FLIGHT, QueueStatus.QUARANTINED, QueueStatus.NEEDS_PERSON)
 BOOKKEEPING = frozenset({"cloud_version", "sync_status", "local_version"})
-LATEST_OF_BOTH = ("hlc", "updated_at")  # bookkeeping of the record itself: never moves backwards
 # Conflicts about which applicator is where, not about one field's value (cloud/push.py).
 SERIAL_RULES = frozenset(
     {"serial_in_two_treatments", "serial_scanned_twice", "not_in_inventory", "used_in_priority"}
@@ -323,15 +322,16 @@ class _Page:
         """The record as this station keeps it meanwhile: the cloud's, with the local changes the
         rules let stand. Its own entries still go to the cloud, which decides again on arrival."""
         bases, newest = self._local_changes(change.table, pending)
+        # The record's own stamps (hlc, updated_at) stay the cloud's: the pending entries carry their
+        # own, and when one changes the cloud's record the next pull brings the stamps it got there.
+        # Keeping the newer local ones diverged for ever when the cloud took nothing from the entry.
         target = dict(incoming)
-        for name in LATEST_OF_BOTH:
-            if local.get(name) is not None and incoming.get(name) is not None:
-                target[name] = max(local[name], incoming[name])
         groups: dict[str, list[str]] = defaultdict(list)
         for name in bases:
             if name in incoming:
                 groups[newest[name]["op_id"]].append(name)
         ops = {op["op_id"]: op for op in pending}
+        held_leaders: set[str] = set()
         for op_id, names in groups.items():
             ctx = self._context(change, ops[op_id], local, incoming, bases)
             changed = {name: (bases[name], local.get(name)) for name in names}
@@ -341,10 +341,20 @@ class _Page:
                 elif outcome.action is Action.HOLD:
                     # The clinician's entry stands here until a person decides.
                     target[outcome.field] = outcome.local
+                    if followers_of(change.table, outcome.field):
+                        held_leaders.add(outcome.field)
                 if outcome.contested:
                     self.result.conflicts += self.conflicts.provisional(
                         change.table, change.record_id, outcome, op_id
                     )
+        # Except a held leader (two statuses no move joins): it shows the cloud's value with the
+        # cloud's followers, as the cloud keeps it until a person decides (the clinician's value is
+        # in the conflict row). The local status beside the cloud's seed count was a row no station
+        # may store: refused, and never pulled again.
+        for leader in held_leaders:
+            for name in (leader, *followers_of(change.table, leader)):
+                if name in incoming:
+                    target[name] = incoming[name]
         self.result.merged += 1
         return target
 
@@ -539,9 +549,12 @@ def record_results(station: Station, verdicts: Sequence[Verdict], *, at: datetim
     with transaction(station, None) as journal:
         conflicts = _Conflicts(station, journal)
         touched: dict[tuple[str, str], int | None] = {}
+        versions: dict[tuple[str, str], int | None] = {}  # the cloud version each row now mirrors
         for verdict in verdicts:
             entry = verdict.entry
             _write_verdict(journal.conn, verdict, at)
+            if verdict.status is QueueStatus.DONE and entry["kind"] == "update":
+                _follow_cloud_stamps(journal.conn, entry, verdict.result.version, versions)
             counts.by_status[verdict.status.value] += 1
             if verdict.status in (QueueStatus.QUARANTINED, QueueStatus.NEEDS_PERSON):
                 journal.audit_only(
@@ -579,6 +592,35 @@ def record_results(station: Station, verdicts: Sequence[Verdict], *, at: datetim
         for (table_name, record_id), version in touched.items():
             receipt(journal.conn, table_name, record_id, version)
     return counts
+
+
+def _follow_cloud_stamps(
+    conn: Connection,
+    entry: Mapping[str, Any],
+    version: int | None,
+    versions: dict[tuple[str, str], int | None],
+) -> None:
+    """The record's stamps (hlc, updated_at) as the cloud set them when this entry made the next
+    version of the version this row mirrors: the later of the record's and the entry's
+    (cloud/push.py). Any other version was made by someone else too: the next pull brings it."""
+    table = TABLES[entry["table_name"]]
+    row = _load(conn, table, entry["record_id"])
+    if row is None or version is None:
+        return
+    key = (table.name, row["id"])
+    mirrored = versions.setdefault(key, row["cloud_version"])
+    if mirrored is None or version != mirrored + 1:
+        return
+    versions[key] = version
+    sent = entry["payload"].get("updated_at")
+    stamps = {
+        "hlc": max(row["hlc"], entry["hlc"]),
+        "updated_at": max(row["updated_at"], typed_value(table, "updated_at", sent) or row["updated_at"]),
+    }
+    changed = {k: v for k, v in stamps.items() if row[k] != v}
+    if changed:
+        codec(table).update(conn, row["id"], changed)
+        keep_updated_at(conn, table, row["id"], stamps["updated_at"])
 
 
 def quarantine_unsendable(station: Station, entry: Mapping[str, Any], message: str, *, at: datetime) -> None:

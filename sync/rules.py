@@ -133,6 +133,12 @@ def rule_for(table: str, field_name: str) -> Rule:
     return RULES.get((table, field_name), DEFAULT_RULE)
 
 
+def followers_of(table: str, leader: str) -> tuple[str, ...]:
+    """The fields whose value follows `leader`'s (deployed seeds and the status, ...)."""
+    return tuple(name for (t, name), rule in RULES.items() if t == table and rule.leader == leader)
+
+
+
 @dataclass(frozen=True)
 class RuleContext:
     """What a rule may look at besides the three values of the field."""
