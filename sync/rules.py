@@ -138,7 +138,6 @@ def followers_of(table: str, leader: str) -> tuple[str, ...]:
     return tuple(name for (t, name), rule in RULES.items() if t == table and rule.leader == leader)
 
 
-
 @dataclass(frozen=True)
 class RuleContext:
     """What a rule may look at besides the three values of the field."""
