@@ -107,21 +107,10 @@ class BatchView:
         wanted = sorted({s for s in serials if s not in self._locked_serials})
         if not keys and not wanted:
             return
-        tables = _by_table(keys)
-        ctes, parts, params = [], [], {}
-        for table, table_keys in tables.items():
-            ctes.append(_LOCK_CTE[table])
-            parts.append(f"(SELECT json_agg(r) FROM locked_{table})")
-            params[f"{table}_sites"] = [k[1] for k in table_keys]
-            params[f"{table}_ids"] = [k[2] for k in table_keys]
-        if wanted:
-            ctes.append(_SERIAL_LOCK_CTE)
-            parts.append("(SELECT n FROM serial_locks)")
-            params.update(cls=SERIAL_LOCK_CLASS, serials=wanted)
-        statement = f"WITH {', '.join(ctes)} SELECT {', '.join(parts)}"
-        found = iter(self.conn.execute(text(statement), params).one())
-        for table, table_keys in tables.items():
-            self._take_rows(table, table_keys, next(found) or [])
+        params: dict[str, Any] = {"cls": SERIAL_LOCK_CLASS, "serials": wanted, **_keys(keys, "")}
+        *found, _serials_locked = self.conn.execute(_LOCK, params).one()
+        for table, locked in zip(CLINICAL_TABLES, found, strict=True):
+            self._take_rows(table, [k for k in keys if k[0] == table], locked or [])
         self._locked.update(keys)
         self._locked_serials.update(wanted)
 
@@ -140,42 +129,32 @@ class BatchView:
         op_ids = sorted({i for i in ledger if i not in self._ledger})
         pairs = sorted({p for p in inventory if p not in self._inventory})
         serial_list = sorted({s for s in serials if s not in self._serials})
-        self.lock(serials=serial_list)
-        parts: list[str] = []
-        params: dict[str, Any] = {}
-        tables = _by_table(row_keys)
-        for table, table_keys in tables.items():
-            parts.append(_ROWS_PART[table])
-            params[f"{table}_sites"] = [k[1] for k in table_keys]
-            params[f"{table}_ids"] = [k[2] for k in table_keys]
-        if op_ids:
-            parts.append(_LEDGER_PART)
-            params.update(device=self.device_id, op_ids=op_ids)
-        if pairs:
-            parts.append(_INVENTORY_PART)
-            params.update(inventory_sites=[p[0] for p in pairs], inventory_serials=[p[1] for p in pairs])
-        if serial_list:
-            parts.append(_SERIAL_USES_PART[not self.scope.all_sites])
-            params["use_serials"] = serial_list
-            if not self.scope.all_sites:
-                params["use_sites"] = sorted(self.scope.sites)
-        if not parts:
+        if not (row_keys or op_ids or pairs or serial_list):
             return
-        found = iter(self.conn.execute(text(f"SELECT {', '.join(parts)}"), params).one())
-        for table, table_keys in tables.items():
-            self._take_rows(table, table_keys, next(found) or [])
-        if op_ids:
-            stored = dict(next(found) or [])
-            for op_id in op_ids:
-                self._ledger[op_id] = stored.get(op_id)
-        if pairs:
-            for site, serial, loaded, listed, usage, line in next(found) or []:
-                self._inventory[(site, serial)] = Inventory(loaded, listed, usage, line)
-        if serial_list:
-            uses: dict[str, list[SerialUse]] = {s: [] for s in serial_list}
-            for serial, *use in next(found) or []:
-                uses[serial].append(SerialUse(*use))
-            self._serials.update(uses)
+        self.lock(serials=serial_list)
+        params: dict[str, Any] = {
+            **_keys(row_keys, "read_"),
+            "device": self.device_id,
+            "op_ids": op_ids,
+            "inventory_sites": [p[0] for p in pairs],
+            "inventory_serials": [p[1] for p in pairs],
+            "use_serials": serial_list,
+            "use_sites": sorted(self.scope.sites),
+        }
+        *found_rows, stored, inventory, uses = self.conn.execute(
+            _READ[not self.scope.all_sites], params
+        ).one()
+        for table, found in zip(CLINICAL_TABLES, found_rows, strict=True):
+            self._take_rows(table, [k for k in row_keys if k[0] == table], found or [])
+        found_ledger = dict(stored or [])
+        for op_id in op_ids:
+            self._ledger[op_id] = found_ledger.get(op_id)
+        for site, serial, loaded, listed, usage, line in inventory or []:
+            self._inventory[(site, serial)] = Inventory(loaded, listed, usage, line)
+        by_serial: dict[str, list[SerialUse]] = {s: [] for s in serial_list}
+        for serial, *use in uses or []:
+            by_serial[serial].append(SerialUse(*use))
+        self._serials.update(by_serial)
 
     # --- asking ------------------------------------------------------------------------------
     def row(self, table: str, site: str, record_id: str) -> Row | None:
@@ -284,11 +263,13 @@ def _with_parent(use: SerialUse, parent: Row) -> SerialUse:
     )
 
 
-def _by_table(keys: list[Key]) -> dict[str, list[Key]]:
-    tables: dict[str, list[Key]] = {}
-    for key in keys:
-        tables.setdefault(key[0], []).append(key)
-    return tables
+def _keys(keys: list[Key], prefix: str) -> dict[str, list[str]]:
+    """The parameters naming `keys`, two arrays per table (empty for a table not named)."""
+    params: dict[str, list[str]] = {}
+    for table in CLINICAL_TABLES:
+        params[f"{prefix}{table}_sites"] = [k[1] for k in keys if k[0] == table]
+        params[f"{prefix}{table}_ids"] = [k[2] for k in keys if k[0] == table]
+    return params
 
 
 def _row_json(table: str) -> str:
@@ -296,57 +277,65 @@ def _row_json(table: str) -> str:
     return f"json_build_array({', '.join(columns + [f't.{c}' for c in COLUMNS[table]])})"
 
 
-def _keys_join(table: str) -> str:
+def _keys_join(table: str, prefix: str) -> str:
     # The keys as two arrays joined to the primary key: one index lookup each, however large the
     # site (a list of (site, id) pairs would be one OR per pair, checked against every row).
     return (
-        f"FROM {table} AS t JOIN unnest(CAST(:{table}_sites AS text[]), CAST(:{table}_ids AS text[])) "
-        "AS k(site, id) ON t.site = k.site AND t.id = k.id"
+        f"FROM {table} AS t JOIN unnest(CAST(:{prefix}{table}_sites AS text[]), "
+        f"CAST(:{prefix}{table}_ids AS text[])) AS k(site, id) ON t.site = k.site AND t.id = k.id"
     )
 
 
-def _lock_cte(table: str) -> str:
-    # Locked in (site, id) order, so that two batches never wait on each other in a circle.
-    return (
-        f"locked_{table} AS MATERIALIZED (SELECT {_row_json(table)} AS r {_keys_join(table)} "
+def _lock_statement() -> Any:
+    # Every part is always there (empty arrays for what a batch does not need), so the text never
+    # changes and the driver prepares it once: planning this statement costs more than running it.
+    # Records are locked in (site, id) order, so that two batches never wait on each other in a
+    # circle; serials in the order given (sorted by the caller).
+    ctes = [
+        f"locked_{t} AS MATERIALIZED (SELECT {_row_json(t)} AS r {_keys_join(t, '')} "
         "ORDER BY t.site, t.id FOR UPDATE OF t)"
+        for t in CLINICAL_TABLES
+    ]
+    ctes.append(
+        "serial_locks AS MATERIALIZED (SELECT count(pg_advisory_xact_lock(:cls, hashtext(s))) AS n "
+        "FROM unnest(CAST(:serials AS text[])) AS s)"
     )
+    parts = [f"(SELECT json_agg(r) FROM locked_{t})" for t in CLINICAL_TABLES]
+    return text(f"WITH {', '.join(ctes)} SELECT {', '.join(parts)}, (SELECT n FROM serial_locks)")
 
 
-_LOCK_CTE = {table: _lock_cte(table) for table in CLINICAL_TABLES}
-# One advisory lock per serial, taken in the order given (sorted by the caller).
-_SERIAL_LOCK_CTE = (
-    "serial_locks AS MATERIALIZED (SELECT count(pg_advisory_xact_lock(:cls, hashtext(s))) AS n "
-    "FROM unnest(CAST(:serials AS text[])) AS s)"
-)
-_ROWS_PART = {t: f"(SELECT json_agg({_row_json(t)}) {_keys_join(t)})" for t in CLINICAL_TABLES}
-_LEDGER_PART = (
-    "(SELECT json_agg(json_build_array(op_id, result)) FROM op_ledger "
-    "WHERE device_id = :device AND op_id = ANY(CAST(:op_ids AS text[])))"
-)
-# Per (site, serial): was any inventory loaded for the site, is the serial listed, its usage and line.
-# (`ORDER BY serial LIMIT 1` walks the primary key: a bare EXISTS was planned as a scan of every
-# site's rows, the whole table for a site that has none.)
-_INVENTORY_PART = (
-    "(SELECT json_agg(json_build_array(k.site, k.serial, "
-    "(SELECT s.serial FROM priority_applicators AS s WHERE s.site = k.site ORDER BY s.serial LIMIT 1) "
-    "IS NOT NULL, "
-    "p.serial IS NOT NULL, p.data->>'usage', p.data)) "
-    "FROM unnest(CAST(:inventory_sites AS text[]), CAST(:inventory_serials AS text[])) AS k(site, serial) "
-    "LEFT JOIN priority_applicators AS p ON p.site = k.site AND p.serial = k.serial)"
-)
-
-
-def _serial_uses_part(scoped: bool) -> str:
+def _read_statement(scoped: bool) -> Any:
+    # Each part is one JSON array (json_agg), parsed by the driver; always all of them (see _LOCK).
+    rows = [f"(SELECT json_agg({_row_json(t)}) {_keys_join(t, 'read_')})" for t in CLINICAL_TABLES]
+    ledger = (
+        "(SELECT json_agg(json_build_array(op_id, result)) FROM op_ledger "
+        "WHERE device_id = :device AND op_id = ANY(CAST(:op_ids AS text[])))"
+    )
+    # Per (site, serial): was any inventory loaded for the site, is the serial listed, its usage and
+    # line. (`ORDER BY serial LIMIT 1` walks the primary key: a bare EXISTS was planned as a scan of
+    # every site's rows, the whole table for a site that has none.)
+    inventory = (
+        "(SELECT json_agg(json_build_array(k.site, k.serial, "
+        "(SELECT s.serial FROM priority_applicators AS s WHERE s.site = k.site ORDER BY s.serial LIMIT 1) "
+        "IS NOT NULL, p.serial IS NOT NULL, p.data->>'usage', p.data)) "
+        "FROM unnest(CAST(:inventory_sites AS text[]), CAST(:inventory_serials AS text[])) "
+        "AS k(site, serial) "
+        "LEFT JOIN priority_applicators AS p ON p.site = k.site AND p.serial = k.serial)"
+    )
     # Row-level security filters by site too; saying it lets PostgreSQL use (site, serial_number).
     sites = "AND o.site = ANY(CAST(:use_sites AS text[])) " if scoped else ""
-    return (
+    # The treatment by its primary key for each use (LATERAL): a plain join was planned as a scan
+    # of every treatment.
+    uses = (
         "(SELECT json_agg(json_build_array(o.serial_number, o.site, o.id, o.treatment_id, "
-        "o.data->>'status', p.deleted, p.data->>'is_complete') ORDER BY o.site, o.id) "
-        "FROM applicators AS o LEFT JOIN treatments AS p ON p.site = o.site AND p.id = o.treatment_id "
+        "o.data->>'status', p.deleted, p.complete) ORDER BY o.site, o.id) FROM applicators AS o "
+        "LEFT JOIN LATERAL (SELECT t.deleted, t.data->>'is_complete' AS complete FROM treatments AS t "
+        "WHERE t.site = o.site AND t.id = o.treatment_id) AS p ON true "
         f"WHERE o.serial_number = ANY(CAST(:use_serials AS text[])) {sites}AND NOT o.deleted)"
     )
+    return text(f"SELECT {', '.join([*rows, ledger, inventory, uses])}")
 
 
-_SERIAL_USES_PART = {scoped: _serial_uses_part(scoped) for scoped in (False, True)}
+_LOCK = _lock_statement()
+_READ = {scoped: _read_statement(scoped) for scoped in (False, True)}
 _ROLE = text("SELECT role FROM users WHERE id = :id")
