@@ -37,7 +37,7 @@ def upload(batch: AuditUpload, who: PrincipalDep, engine: EngineDep) -> Response
         reply = receive(engine, who.device_id, who.device_sites, batch)
     except ChainBroken as broken:
         refusal = AuditRefusal(
-            detail=f"{broken} Nothing of this batch was stored; the hospital has an incident to look into.",
+            detail=f"{broken}. Nothing of this batch was stored; the hospital has an incident to look into.",
             device_seq=broken.device_seq,
             acknowledged_seq=broken.held_seq,
         )
