@@ -22,7 +22,7 @@ from store.engine import read_transaction
 from store.enums import QueueStatus
 from store.models import SyncQueueEntry, Treatment
 from store.station import Settings, Station, open_station
-from ui import session
+from ui import loop_probe, session
 from ui.offloop import off_loop
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def register_station(
         kwargs = {"settings": settings} | ({"clock": clock} if clock is not None else {})
         station = open_station(data_dir, **kwargs)
         session.set_station(station)
+        loop_probe.start()  # opt-in (DART_LOOP_PROBE=1): benchmarks/scan_latency.py
         if start_sync:
             background_tasks.create(_start_sync(station), name="start the sync service")
 
@@ -148,7 +149,7 @@ async def health() -> JSONResponse:
     if station is None:
         return JSONResponse({"status": "starting"}, status_code=503)
     counts = await off_loop(_counts, station)
-    return JSONResponse({"status": "ok", "device_id": station.device_id, **counts})
+    return JSONResponse({"status": "ok", "device_id": station.device_id, **counts, **loop_probe.report()})
 
 
 def _counts(station: Station) -> dict[str, int]:
