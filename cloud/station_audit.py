@@ -192,17 +192,15 @@ def _tail(conn: Connection, device_id: str) -> Tail:
     # own rows, and only their hashes and positions leave this function).
     set_scope(conn, SiteScope.everything())
     row = conn.execute(
-        select(station_audit.c.device_seq, station_audit.c.hash)
+        select(station_audit.c.device_seq, station_audit.c.hash, station_audit.c.recorded_device_id)
         .where(station_audit.c.device_id == device_id)
         .order_by(station_audit.c.device_seq.desc())
         .limit(1)
     ).first()
-    own = conn.execute(
-        select(func.count())
-        .select_from(station_audit)
-        .where(station_audit.c.device_id == device_id, station_audit.c.recorded_device_id == device_id)
-    ).scalar_one()
-    return Tail() if row is None else Tail(row.device_seq, row.hash, own > 0)
+    if row is None:
+        return Tail()
+    # Once the device's own id appears, every later entry carries it: the last entry tells.
+    return Tail(row.device_seq, row.hash, row.recorded_device_id == device_id)
 
 
 def _held_hashes(

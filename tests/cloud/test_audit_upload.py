@@ -9,6 +9,8 @@ again after a lost reply is answered the same and stored once. The stored chain 
 hospital's auditors only (row-level security) and can be re-verified from the table alone.
 """
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -141,6 +143,26 @@ def test_the_stored_chain_verifies_from_the_table_alone(cloud: Cloud, device: De
     ]
     assert verify_audit_chain(stored) is None  # an auditor can re-check it years later
     assert [r["hash"] for r in stored] == [e["hash"] for e in entries]
+
+
+def test_two_deliveries_of_one_batch_at_once_store_it_once_and_get_one_answer(
+    cloud: Cloud,
+    device: Device,
+) -> None:
+    """A retry racing the original (a proxy that re-sent it): the device's chain takes one at a time."""
+    entries = chain(device.device_id, 40)
+    start = threading.Barrier(4)
+
+    def deliver(_: int) -> httpx.Response:
+        start.wait()
+        return upload(device, entries)
+
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(deliver, range(4)))
+
+    assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+    assert {r.json()["acknowledged_seq"] for r in responses} == {40}
+    assert held(cloud, device) == [(e["device_seq"], SITE, e["hash"]) for e in entries]
 
 
 def test_an_entry_of_the_station_as_a_whole_is_filed_at_every_site_of_the_device(
