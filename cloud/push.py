@@ -220,6 +220,9 @@ class _Batch:
     # --- the two ways of applying a batch ------------------------------------------------------
     def apply_together(self, items: list[_Item]) -> list[OpResult]:
         """Read for the whole batch, decide each operation, write it all at once."""
+        if any(i.op is not None and _writes_now(i.op) for i in items):
+            # Its writes would land before the batch's own, and could not see them.
+            raise _Isolate("a conflict resolution or an incident report goes one operation at a time")
         planned = Planned()
         try:
             self._fetch_ahead([i.op for i in items if i.op is not None and self._admissible(i.op)])
@@ -365,8 +368,8 @@ class _Batch:
         for op in ops:
             ledger.append(op.op_id)
             ledger += op.depends_on
-            if op.table == "incidents":
-                continue  # a station's report, not a clinical record (cloud/incidents.py)
+            if _writes_now(op):
+                continue  # reads its own rows (cloud/resolutions.py, cloud/incidents.py)
             if op.kind != "insert":
                 changed.append((op.table, op.site, op.record_id))
                 continue
@@ -412,6 +415,7 @@ class _Batch:
         self._require_dependencies(op)
         # A person's decision is recorded before its values merge; a second decision is refused
         # (cloud/resolutions.py). An incident a station reports is kept once (cloud/incidents.py).
+        # Both write as they decide, so their batches go one operation at a time (_writes_now).
         refused = settle_resolution(self.conn, self.device_id, op) if op.resolution else None
         if refused is not None or op.table == "incidents":
             effect = _Effect(refused or record_incident(self.conn, self.device_id, op))
@@ -778,6 +782,11 @@ class _Batch:
             "op_id": op.op_id,
             "device_id": self.device_id,
         }
+
+
+def _writes_now(op: Operation) -> bool:
+    """An op whose handler writes as it decides: a person's resolution, a station's incident."""
+    return op.resolution is not None or op.table == "incidents"
 
 
 def _duplicate(op: Operation, stored: dict[str, Any]) -> _Effect:
