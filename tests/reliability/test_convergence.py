@@ -1,8 +1,9 @@
 """Convergence (issue 4): stations that work offline, on the same treatments, with wrong clocks, end
 up holding what the cloud holds, and nothing a clinician saved disappears without a trace.
 
-A hypothesis state machine drives four real stations (two hospitals; A1 and A2 share both sites of
-hospital A, A3 only its second site, B1 is hospital B) through the store's own commands: emergency
+A hypothesis state machine drives three real stations (two hospitals; A1 and A2 share both sites of
+hospital A, B1 is hospital B) through the store's own commands (tests/reliability/convergence_world.py
+has the layout; a fourth station syncing one site only cost a third more time): emergency
 insertions, scans, status moves, comments, finalising, removals (applicators, single seeds, the
 removal form). In between it runs sync rounds against ONE real cloud (PostgreSQL, HTTP on
 loopback), cuts and heals each station's network (a TCP proxy that resets connections), and moves
@@ -84,7 +85,7 @@ from tests.reliability.convergence_world import (
 
 S = ApplicatorStatus
 STATION_CONFLICTS = SyncConflict.__table__
-STEPS = 24
+STEPS = 20
 settings.register_profile(
     "convergence-ci",
     max_examples=200,
@@ -106,7 +107,7 @@ settings.register_profile(
 PROFILE = "convergence-ci" if os.environ.get("CI") == "true" else "convergence-dev"
 
 LAPTOPS = st.sampled_from(sorted(STATIONS))
-HOSPITAL_A_LAPTOPS = ("A1", "A2", "A3")
+HOSPITAL_A_LAPTOPS = ("A1", "A2")
 SKEWS = {
     "seconds ahead": timedelta(seconds=7),
     "seconds behind": timedelta(seconds=-4),
@@ -177,6 +178,7 @@ class ConvergenceMachine(RuleBasedStateMachine):
         self.oracle = Oracle()
         self.counter = 0
         self.labels: dict[str, int] = {}  # record id -> the order in which it was made
+        self.finals: dict[tuple[str, str], dict[str, Any]] = {}  # the cloud's records at the end
         self.did: set[str] = set()
         for name in sorted(STATIONS):
             laptop = make_laptop(name, cloud, template, self.dir, self.world)
@@ -409,7 +411,7 @@ class ConvergenceMachine(RuleBasedStateMachine):
 
     def _check(self) -> None:
         self._check_queues_and_ledger()
-        finals = self._check_identical()
+        finals = self.finals = self._check_identical()
         open_cloud = self._check_conflicts_held()
         self._check_nothing_vanished(finals, open_cloud)
 
@@ -604,16 +606,14 @@ class ConvergenceMachine(RuleBasedStateMachine):
         return data.draw(st.sampled_from(ordered), label="record")
 
     def _indication(self, edit: Edit) -> str:
-        for laptop in self.laptops.values():
-            found = laptop.query(
-                "SELECT t.indication FROM treatments t LEFT JOIN applicators a ON a.treatment_id = t.id"
-                " WHERE t.id = ? OR a.id = ? LIMIT 1",
-                edit.record_id,
-                edit.record_id,
-            )
-            if found:
-                return str(found[0][0])
-        return "unknown"
+        """The procedure kind of the edited record's treatment (which state machine applies)."""
+        record = self.finals.get((edit.table, edit.record_id), {})
+        treatment = (
+            record
+            if edit.table == "treatments"
+            else self.finals.get(("treatments", record.get("treatment_id")), {})
+        )
+        return str(treatment.get("indication") or "unknown")
 
     def _conflict_values(self) -> dict[tuple[str, str, str], list[Any]]:
         """Every value a conflict row keeps (cloud and stations), by (table, record, field)."""
