@@ -38,8 +38,10 @@ row-level security, the ledger trigger and every check of cloud/push.py are paid
     UPDATE for an update op, then the ledger and change_log rows (under the same advisory lock),
     after the same warm-up rows and ANALYZE. The write-back queue rows (3 per treatment) are not
     repeated. The ratio is the baseline's operations/s divided by the push's: what HTTP, the
-    validation, the checks (a round trip each) and the SQLAlchemy layer cost on top of the
-    unavoidable writes.
+    validation, the checks (cloud/push.py reads and writes a batch set-based: a lock, a read and
+    a write statement per batch) and the SQLAlchemy layer cost on top of the unavoidable writes.
+    Both sides share the machine's two cores with whatever else runs: compare the ratio, and run
+    it a few times.
 (e) `--devices N` (default 4, 0 for none): after (a), N more devices push `--device-ops` each at
     once, one thread each; reported on its own line, not in RESULT.
 
