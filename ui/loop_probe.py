@@ -5,11 +5,14 @@ how late it woke: every click and every scan waits at least that long while some
 `/health` then reports `loop_stall_ms`, the worst lateness since the previous `/health` answer (so a
 benchmark reads it once before and once after what it measures), and `loop_beats`, the heartbeats in
 that span. A watchdog thread logs, at WARNING, what the loop was running when a heartbeat is more
-than `WATCH_S` late (its stack), which names the code to move off the loop. Without the variable
+than `WATCH_S` late (its stack), which names the code to move off the loop. The garbage collector's
+full passes are timed too (`gc_full_worst_ms`, `gc_full_passes`): the thread that triggers one holds
+the GIL for all of it, so a long pass stalls the loop whichever thread ran it. Without the variable
 nothing runs and `/health` says nothing more.
 """
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -30,6 +33,9 @@ class LoopProbe:
     def __init__(self) -> None:
         self.worst_s = 0.0
         self.beats = 0
+        self.gc_worst_s = 0.0
+        self.gc_passes = 0
+        self._gc_started: float | None = None
         self._due = time.monotonic() + INTERVAL_S
         self._loop_thread = threading.get_ident()
 
@@ -45,10 +51,26 @@ class LoopProbe:
             self.beats += 1
 
     def take(self) -> dict[str, float]:
-        """The worst stall and the heartbeats since the last call, and start over."""
-        report = {"loop_stall_ms": round(self.worst_s * 1000, 1), "loop_beats": self.beats}
-        self.worst_s, self.beats = 0.0, 0
+        """The worst stall, the heartbeats and the full collections since the last call; start over."""
+        report = {
+            "loop_stall_ms": round(self.worst_s * 1000, 1),
+            "loop_beats": self.beats,
+            "gc_full_worst_ms": round(self.gc_worst_s * 1000, 1),
+            "gc_full_passes": self.gc_passes,
+        }
+        self.worst_s, self.beats, self.gc_worst_s, self.gc_passes = 0.0, 0, 0.0, 0
         return report
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """gc.callbacks: time each full (generation 2) collection."""
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started is not None:
+            self.gc_worst_s = max(self.gc_worst_s, time.perf_counter() - self._gc_started)
+            self.gc_passes += 1
+            self._gc_started = None
 
     def _watch(self) -> None:
         reported = 0.0
@@ -75,6 +97,7 @@ def start() -> None:
     if os.environ.get(ENV) != "1" or _probe is not None:
         return
     _probe = LoopProbe()
+    gc.callbacks.append(_probe.on_gc)
     background_tasks.create(_probe.run(), name="event loop probe")
 
 
