@@ -1,20 +1,29 @@
 """Sync catch-up: a station back online after a long time offline, with 10,000 changes queued.
 
-    python benchmarks/sync_catchup.py [--changes 10000] [--scans 10] [--batch 50] [--profile]
+    python benchmarks/sync_catchup.py [--changes 10000] [--scans 10] [--batch 50] [--profile] [--no-freeze]
 
 The station is real: a SQLite file (WAL, synchronous=FULL) filled offline through the store's own
 commands (tests/reliability/workload.py: start an insertion, scan `--scans` applicators, move each
 OPENED -> LOADED -> INSERTED, finalise; 42 changes per treatment by default) until `--changes`
-changes are queued. The cloud is the real app in its own process (uvicorn, one worker) over a fresh
-PostgreSQL database with row-level security, seeded with Priority's orders and inventory for those
-serials (so every scan is re-checked), warmed up with 100 operations of another device and
-ANALYZEd - all of it benchmarks/cloud_sync.py's own helpers.
+changes are queued, in a process that holds what the station's holds (NiceGUI and every page
+imported) and starts the way the station starts (ui/station_app.py: the database opened, then the
+garbage collector settled by ui/gc_tuning.py; `--no-freeze` leaves that out, to compare). The cloud
+is the real app in its own process (uvicorn, one worker) over a fresh PostgreSQL database with
+row-level security, seeded with Priority's orders and inventory for those serials (so every scan is
+re-checked), warmed up with 100 operations of another device and ANALYZEd - all of it
+benchmarks/cloud_sync.py's own helpers.
 
 Timed: the station reconnects and syncs the way the station does - "sync now" of its
-`sync.service.SyncService` on an asyncio event loop, each round in a worker thread - until its
-queue is empty (every entry acknowledged); then the cloud's ledger must hold every operation.
+`sync.service.SyncService` on an asyncio event loop, each round in a worker thread - from the
+start of the first round until its queue is empty (every entry acknowledged; a watcher on the loop
+counts the open entries every 20 ms); then the cloud's ledger must hold every operation. The rounds
+go on after that (the audit upload, sync/audit_upload.py): their whole length is printed apart.
+Split: the rounds' wait for the cloud's push answers (`RoundReport.cloud_wait_s`) and the rest, the
+station's own work that the pipelined push (sync/engine.py) could not hide behind the cloud's.
 Meanwhile a heartbeat task on the loop wakes every 5 ms and records how late it woke: the worst
-lateness is `loop_stall_ms`, what a clinician's click would wait for while the station catches up.
+lateness is `loop_stall_ms`, what a clinician's click would wait for while the station catches up;
+the same less the time the loop's thread waited for a CPU (Linux schedstat: other processes on the
+machine) is printed beside it, with every garbage collection of the catch-up (`gc.callbacks`).
 
 Baseline, same run: the very same operations (the station's queue in the wire format, in queue
 order) pushed straight over HTTP by cloud_sync.push_all - the cloud benchmark's push - into a
@@ -22,18 +31,20 @@ second fresh database served the same way, seeded and warmed up the same way. Th
 baseline's operations/s divided by the catch-up's: what the station's side of a round costs on top
 of the cloud's.
 
-The last line is
-`RESULT catchup_s=<s> ops_per_s=<n> ratio_vs_direct_push=<x> loop_stall_ms=<ms>`.
-Targets: 10,000 changes in under 10 s, a worst loop stall under 50 ms.
+The last line is `RESULT catchup_s=<s> ops_per_s=<n> ratio_vs_direct_push=<x> loop_stall_ms=<ms>
+cloud_wait_s=<s> station_s=<s>`. Targets: 10,000 changes in under 10 s, a worst loop stall under 50 ms.
 """
 
 import argparse
 import asyncio
 import cProfile
+import gc
+import importlib
 import os
 import pstats
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -67,6 +78,7 @@ from cloud_sync import (  # noqa: E402  (benchmarks/ is this script's own direct
 )
 
 HEARTBEAT_S = 0.005
+WATCH_S = 0.02  # how often the open entries are counted during the catch-up
 
 
 def main() -> None:
@@ -76,11 +88,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50, help="operations per push (the station's default)")
     parser.add_argument("--pg-url", default=SERVER_URL, help="the PostgreSQL server (a superuser)")
     parser.add_argument("--profile", action="store_true", help="cProfile the catch-up's worker thread")
+    parser.add_argument(
+        "--no-freeze", action="store_true", help="skip the start-up's gc freeze (ui/gc_tuning.py), to compare"
+    )
     args = parser.parse_args()
 
     from store.station import open_station
     from store.validation_cache import install_bundle
     from tests.reliability.workload import Plan, bundle
+    from ui.gc_tuning import settle_after_startup
+
+    import_the_station()
 
     total_started = time.perf_counter()
     now = datetime.now(UTC).replace(microsecond=0)
@@ -93,6 +111,8 @@ def main() -> None:
         key_file = tmp / "cloud-data.key"
         station = open_station(tmp / "station")
         stack.callback(station.close)
+        if not args.no_freeze:
+            settle_after_startup()  # as the station's start-up does (ui/station_app.py), right after this
         install_bundle(station, bundle(station.local_today(), range(orders), plan))
         made_s = queue_offline(station, plan, args.changes)
 
@@ -120,24 +140,45 @@ def main() -> None:
 
     rate = args.changes / catchup.seconds
     ratio = direct.rate / rate
+    station_s = catchup.seconds - catchup.cloud_s
     print(
         f"{args.changes} changes queued offline in {made_s:.1f} s ({plan.ops_per_treatment} per treatment), "
         f"{args.batch} ops per push, {os.cpu_count()} cores, "
         f"total run {time.perf_counter() - total_started:.1f} s"
     )
-    print(f"catch-up: {catchup.seconds:.2f} s in {catchup.rounds} round(s), {rate:.0f} ops/s")
+    print(f"catch-up (queue empty): {catchup.seconds:.2f} s, {rate:.0f} ops/s")
+    print(
+        f"  waiting for the cloud's push answers {catchup.cloud_s:.2f} s, the station's own work "
+        f"{station_s:.2f} s; the station's CPU time {catchup.cpu_s:.2f} s"
+    )
+    print(
+        f"  the whole round(s), audit upload included: {catchup.rounds_s:.2f} s in {catchup.rounds} round(s)"
+    )
+    print(f"  garbage collections: {catchup.gc.summary()}")
     print(f"direct push of the same operations: {direct.wall:.2f} s, {direct.rate:.0f} ops/s")
     print(
-        f"event loop during the catch-up: worst stall {catchup.worst_stall * 1e3:.1f} ms, "
+        f"event loop during the round(s): worst stall {catchup.worst_stall * 1e3:.1f} ms "
+        f"({catchup.worst_own_stall * 1e3:.1f} ms less the loop thread's waits for a CPU), "
         f"p99 {catchup.p99_stall * 1e3:.1f} ms over {catchup.beats} heartbeats of {HEARTBEAT_S * 1e3:.0f} ms"
     )
     print(
         f"RESULT catchup_s={catchup.seconds:.2f} ops_per_s={rate:.0f} ratio_vs_direct_push={ratio:.2f} "
-        f"loop_stall_ms={catchup.worst_stall * 1e3:.1f}"
+        f"loop_stall_ms={catchup.worst_stall * 1e3:.1f} cloud_wait_s={catchup.cloud_s:.2f} "
+        f"station_s={station_s:.2f}"
     )
 
 
 # --- the station, offline ----------------------------------------------------------------------
+def import_the_station() -> None:
+    """What the station process holds when it starts (ui/station_app.py registers every page before
+    its start-up handler runs): NiceGUI and the pages. A full garbage collection walks all of it, so
+    the catch-up runs in a process of the station's size, not a benchmark's."""
+    from ui.station_app import PAGE_MODULES
+
+    for name in PAGE_MODULES:
+        importlib.import_module(name)
+
+
 def queue_offline(station: Any, plan: Any, changes: int) -> float:
     from tests.reliability.workload import next_change
 
@@ -203,11 +244,40 @@ def ledger_rows(owner_url: str, device_id: str) -> int:
 
 
 # --- the catch-up, as the station's job runs it -------------------------------------------------
+class GcPasses:
+    """Every garbage collection while installed (`gc.callbacks`), in any thread: generation, seconds."""
+
+    def __init__(self) -> None:
+        self.passes: list[tuple[int, float]] = []
+        self._began: dict[int, float] = {}
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began[threading.get_ident()] = time.perf_counter()
+            return
+        began = self._began.pop(threading.get_ident(), None)
+        if began is not None:
+            self.passes.append((info["generation"], time.perf_counter() - began))
+
+    def summary(self) -> str:
+        parts = []
+        for generation in (0, 1, 2):
+            lengths = [s for g, s in self.passes if g == generation]
+            if lengths:
+                parts.append(f"gen {generation}: {len(lengths)}, longest {max(lengths) * 1e3:.1f} ms")
+        return "; ".join(parts) or "none"
+
+
 class CatchUp:
     def __init__(self) -> None:
-        self.seconds = 0.0
+        self.seconds = 0.0  # until the queue was empty
+        self.rounds_s = 0.0  # until the round that emptied it ended
         self.rounds = 0
         self.stalls: list[float] = []
+        self.own_stalls: list[float] = []  # each stall less the loop thread's wait for a CPU
+        self.cloud_s = 0.0  # the rounds waiting for the cloud's push answers (RoundReport.cloud_wait_s)
+        self.cpu_s = 0.0  # CPU time of the station's process (every thread) until the queue was empty
+        self.gc = GcPasses()
 
     @property
     def beats(self) -> int:
@@ -216,6 +286,10 @@ class CatchUp:
     @property
     def worst_stall(self) -> float:
         return max(self.stalls, default=0.0)
+
+    @property
+    def worst_own_stall(self) -> float:
+        return max(self.own_stalls, default=0.0)
 
     @property
     def p99_stall(self) -> float:
@@ -242,21 +316,37 @@ def catch_up(station: Any, url: str, token: str, batch: int, profile: bool) -> C
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             due = loop.time() + HEARTBEAT_S
+            queued_before = run_queue_s()
             await asyncio.sleep(HEARTBEAT_S)
-            result.stalls.append(max(0.0, loop.time() - due))
+            late = max(0.0, loop.time() - due)
+            result.stalls.append(late)
+            result.own_stalls.append(max(0.0, late - (run_queue_s() - queued_before)))
+
+    async def rounds() -> None:
+        while True:
+            report = await service.sync_now()
+            result.rounds += 1
+            result.cloud_s += report.cloud_wait_s
+            if report.outcome != "ok":
+                raise RuntimeError(f"a catch-up round ended {report.outcome}: {report.error}")
+            if not await asyncio.to_thread(open_count, station):
+                return
 
     async def run() -> None:
         stop = asyncio.Event()
         beating = asyncio.create_task(heartbeat(stop))
-        started = time.perf_counter()
-        while True:
-            report = await service.sync_now()
-            result.rounds += 1
-            if report.outcome != "ok":
-                raise RuntimeError(f"a catch-up round ended {report.outcome}: {report.error}")
-            if not await asyncio.to_thread(open_count, station):
-                break
-        result.seconds = time.perf_counter() - started
+        gc.callbacks.append(result.gc)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        try:
+            syncing = asyncio.create_task(rounds())
+            while await asyncio.to_thread(open_count, station) and not syncing.done():
+                await asyncio.sleep(WATCH_S)
+            result.seconds = time.perf_counter() - started
+            result.cpu_s = time.process_time() - cpu_started
+            await syncing  # its error, if it ended with one
+            result.rounds_s = time.perf_counter() - started
+        finally:
+            gc.callbacks.remove(result.gc)
         stop.set()
         await beating
 
@@ -266,9 +356,24 @@ def catch_up(station: Any, url: str, token: str, batch: int, profile: bool) -> C
     return result
 
 
+def run_queue_s() -> float:
+    """How long this thread has waited for a CPU so far (Linux schedstat; 0 where there is none): the
+    part of a loop stall that the machine's other work caused, not the station's threads."""
+    try:
+        return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def open_count(station: Any) -> int:
+    """Entries the cloud has not acknowledged (read through the queue's status index)."""
+    from store.remote import OPEN_QUEUE
+
+    statuses = ", ".join(f"'{status.value}'" for status in OPEN_QUEUE)
     with station.engine.connect() as conn:
-        return conn.exec_driver_sql("SELECT count(*) FROM sync_queue WHERE status <> 'done'").scalar_one()
+        return conn.exec_driver_sql(
+            f"SELECT count(*) FROM sync_queue WHERE status IN ({statuses})"
+        ).scalar_one()
 
 
 if __name__ == "__main__":

@@ -498,22 +498,49 @@ def _with_sites(conn: Connection, entries: list[dict[str, Any]]) -> list[dict[st
 
 def mark_sent(station: Station, op_ids: Sequence[str], *, at: datetime) -> None:
     """Entries on their way: a crash before the answer leaves them in flight, sent again next round
-    (the cloud's ledger answers a resent operation with its first result)."""
+    (the cloud's ledger answers a resent operation with its first result). Committed before they
+    leave: enrolment refuses to move a device while anything sent is unanswered (sync/enrol.py)."""
     with station.writer.begin() as conn:
-        conn.execute(
-            update(QUEUE)
-            .where(QUEUE.c.op_id.in_(op_ids))
-            .values(status=QueueStatus.IN_FLIGHT.value, sent_at=at)
-        )
+        _mark_sent(conn, op_ids, at)
 
 
-def release(station: Station, op_ids: Sequence[str]) -> None:
-    """No answer came (offline): the entries wait as they were, without counting an attempt."""
+def release(station: Station, op_ids: Sequence[str], *, not_sent: Sequence[Mapping[str, Any]] = ()) -> None:
+    """No answer came (offline): the entries wait as they were, without counting an attempt; they
+    may have reached the cloud, so they stay marked sent. `not_sent`: entries marked sent for the
+    next push, which never left (`unmark_sent`)."""
     with station.writer.begin() as conn:
         conn.execute(
             update(QUEUE)
             .where(QUEUE.c.op_id.in_(op_ids), QUEUE.c.status == QueueStatus.IN_FLIGHT.value)
             .values(status=QueueStatus.PENDING.value)
+        )
+        unmark_sent(conn, not_sent)
+
+
+def _mark_sent(conn: Connection, op_ids: Sequence[str], at: datetime) -> None:
+    if op_ids:
+        fastsql.execute(
+            conn,
+            f"UPDATE sync_queue SET status = ?, sent_at = ? WHERE op_id IN ({', '.join('?' * len(op_ids))})",
+            (QueueStatus.IN_FLIGHT.value, codec(QUEUE).bind("sent_at", at), *op_ids),
+        )
+
+
+def unmark_sent(conn: Connection, entries: Sequence[Mapping[str, Any]]) -> None:
+    """Entries marked sent that never left (held back after all, or the round ended first): their
+    status and sent_at back as they were loaded before the mark, so that one never sent does not
+    count as sent (a receipt, enrolment) and one sent in an earlier round still does."""
+    queue = codec(QUEUE)
+    for entry in entries:
+        fastsql.execute(
+            conn,
+            "UPDATE sync_queue SET status = ?, sent_at = ? WHERE op_id = ? AND status = ?",
+            (
+                entry["status"],
+                queue.bind("sent_at", entry["sent_at"]),
+                entry["op_id"],
+                QueueStatus.IN_FLIGHT.value,
+            ),
         )
 
 
@@ -543,8 +570,18 @@ class ResultCounts:
     by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
-def record_results(station: Station, verdicts: Sequence[Verdict], *, at: datetime) -> ResultCounts:
-    """Write a batch's answers, its conflicts and the receipts of the records it finished, at once."""
+def record_results(
+    station: Station,
+    verdicts: Sequence[Verdict],
+    *,
+    at: datetime,
+    sending: Sequence[str] = (),
+    not_sent: Sequence[Mapping[str, Any]] = (),
+) -> ResultCounts:
+    """Write a batch's answers, its conflicts and the receipts of the records it finished, at once.
+
+    In the same transaction (one durable commit per pushed batch, docs/performance.md): the entries
+    `sending` marked sent (`mark_sent`), and the entries `not_sent` marked back (`unmark_sent`)."""
     counts = ResultCounts()
     with transaction(station, None) as journal:
         conflicts = _Conflicts(station, journal)
@@ -589,8 +626,9 @@ def record_results(station: Station, verdicts: Sequence[Verdict], *, at: datetim
                     decided[info.field] = info.value
             if decided:
                 counts.decided += _take_cloud_values(station, journal, conflicts, entry, decided, counts)
-        for (table_name, record_id), version in touched.items():
-            receipt(journal.conn, table_name, record_id, version)
+        receipts(journal.conn, touched)
+        _mark_sent(journal.conn, sending, at)
+        unmark_sent(journal.conn, not_sent)
     return counts
 
 
@@ -750,6 +788,49 @@ def receipt(conn: Connection, table_name: str, record_id: str, version: int | No
         ),
     }
     set_bookkeeping(conn, table, row, bookkeeping)
+
+
+def receipts(conn: Connection, versions: Mapping[tuple[str, str], int | None]) -> None:
+    """`receipt` for the records a pushed batch touched ((table, record id) -> the version the cloud
+    confirmed, or None): per table one read of the rows, one of their open entries and one of their
+    open conflicts, instead of three reads per record (docs/performance.md, sync_catchup)."""
+    by_table: dict[str, dict[str, int | None]] = defaultdict(dict)
+    for (table_name, record_id), version in versions.items():
+        if table_name in TABLES:  # an incident report has no row of this station behind it
+            by_table[table_name][record_id] = version
+    open_statuses = ", ".join(f"'{s.value}'" for s in OPEN_QUEUE)
+    for table_name, confirmed in by_table.items():
+        table = TABLES[table_name]
+        ids = tuple(confirmed)
+        marks = ", ".join("?" * len(ids))
+        rows = codec(table).select(conn, f"id IN ({marks})", ids)
+        pending = _record_ids(
+            conn,
+            f"SELECT record_id FROM sync_queue WHERE table_name = ? AND record_id IN ({marks})"
+            f" AND status IN ({open_statuses})",
+            (table_name, *ids),
+        )
+        held = _record_ids(
+            conn,
+            f"SELECT record_id FROM sync_conflicts WHERE table_name = ? AND record_id IN ({marks})"
+            " AND status = 'open'",
+            (table_name, *ids),
+        )
+        for row in rows:  # a record this station does not hold (a serial clash's other side) has none
+            record_id = row["id"]
+            status = (
+                RowSyncStatus.CONFLICT
+                if record_id in held
+                else RowSyncStatus.PENDING
+                if record_id in pending
+                else RowSyncStatus.SYNCED
+            )
+            version = max(row["cloud_version"] or 0, confirmed[record_id] or 0) or None
+            set_bookkeeping(conn, table, row, {"cloud_version": version, "sync_status": status.value})
+
+
+def _record_ids(conn: Connection, sql: str, params: Sequence[Any]) -> set[str]:
+    return {row[0] for row in fastsql.execute(conn, sql, params)}
 
 
 def set_bookkeeping(

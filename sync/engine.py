@@ -22,7 +22,9 @@ import heapq
 import logging
 import random
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,6 +48,7 @@ from sync.protocol import (
     Operation,
     OpResult,
     PullChange,
+    PushReply,
 )
 from sync.wire import operation
 
@@ -91,6 +94,7 @@ class RoundReport:
     refused: int = 0  # cloud records this station's constraints refused (held for a person)
     cursor: int | None = None
     sent: int = 0
+    cloud_wait_s: float = 0.0  # the push waiting for the cloud's answers (the rest was this station's work)
     results: dict[str, int] = field(default_factory=dict)  # queue status after the answer -> entries
     waiting: int = 0  # open entries not sent: backing off, or behind an entry they depend on
     conflicts: int = 0  # conflict rows recorded or updated
@@ -230,27 +234,55 @@ class SyncEngine:
 
     # --- 3. push -----------------------------------------------------------------------------------
     def _push(self, client: SyncClient, report: RoundReport) -> None:
+        """The open entries in batches, one push at a time, pipelined (docs/performance.md,
+        sync_catchup): while the cloud works on batch k, this thread loads batch k+1 and, in one
+        transaction, writes batch k-1's answers and marks batch k+1 sent; when k's answers come,
+        batch k+1 leaves at once. So every batch is durably marked sent before it leaves, the
+        cloud applies it after the one before, and an entry behind one that did not take effect
+        (known from every earlier batch's answers) is held back, and marked back if it was marked."""
         # A stuck applicator that became INSERTED or FAULTY since: its incident goes out this round.
         incidents.raise_pending(self.station)
-        # Scheduled on the entries' scheduling fields; each batch is loaded whole only when it goes.
+        # Scheduled on the entries' scheduling fields; each batch is loaded whole only when it is next.
         order, report.waiting = push_order(remote.open_schedule(self.station), self.station.now())
+        size = self.settings.batch_size
+        batches = [order[start : start + size] for start in range(0, len(order), size)]
         not_done: set[str] = set()  # entries of this round that did not take effect
-        for start in range(0, len(order), self.settings.batch_size):
-            batch = order[start : start + self.settings.batch_size]
-            # Behind an entry that did not take effect this round: wait for the next one.
-            held = {e["op_id"] for e in batch if not_done.intersection(e["depends_on"])}
-            ready = remote.load_entries(self.station, [e["op_id"] for e in batch if e["op_id"] not in held])
-            report.waiting += len(held)
-            not_done |= held
-            entries, ops = self._on_the_wire(ready, not_done, report)
-            if ops:
-                self._send(client, entries, ops, not_done, report)
+        answered: list[remote.Verdict] = []  # the answers of the batch before, not written yet
+        with _Courier(client) as courier:
+            marked = self._next(batches, 0, not_done, report)
+            if marked:
+                remote.mark_sent(self.station, [e["op_id"] for e, _ in marked], at=self.station.now())
+            for index in range(len(batches)):
+                going, held = _unheld(marked, not_done, report)
+                entries = [entry for entry, _ in going]
+                if going:
+                    courier.send(
+                        [op for _, op in going], device_seq_high=max(e["device_seq"] for e in entries)
+                    )
+                following = self._next(batches, index + 1, not_done, report)
+                self._record(answered, report, sending=following, not_sent=held)
+                answered, marked = [], following
+                if going:
+                    answers = self._answers(courier, entries, [e for e, _ in following], report)
+                    answered = self._verdicts(entries, answers, not_done)
+            self._record(answered, report)
+
+    def _next(
+        self, batches: Sequence[Sequence[dict[str, Any]]], index: int, not_done: set[str], report: RoundReport
+    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Batch `index` loaded whole, each entry with its operation: those that cannot be put on the
+        wire are quarantined, those behind an entry that did not take effect wait (empty past the end)."""
+        if index >= len(batches):
+            return []
+        entries = remote.load_entries(self.station, [e["op_id"] for e in batches[index]])
+        going, _ = _unheld(self._on_the_wire(entries, not_done, report), not_done, report)
+        return going
 
     def _on_the_wire(
         self, entries: Sequence[dict[str, Any]], not_done: set[str], report: RoundReport
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The entries as operations; one that cannot be put on the wire is quarantined here."""
-        sendable, ops = [], []
+    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The entries with their operations; one that cannot be put on the wire is quarantined here."""
+        loaded = []
         for entry in entries:
             try:
                 if entry["site"] is None:
@@ -261,26 +293,33 @@ class SyncEngine:
                 not_done.add(entry["op_id"])
                 report.count(QueueStatus.QUARANTINED.value)
                 continue
-            sendable.append(entry)
-            ops.append(op.model_dump(mode="json"))
-        return sendable, ops
+            loaded.append((entry, op.model_dump(mode="json")))
+        return loaded
 
-    def _send(
+    def _answers(
         self,
-        client: SyncClient,
+        courier: "_Courier",
         entries: list[dict[str, Any]],
-        ops: list[dict[str, Any]],
-        not_done: set[str],
+        marked: list[dict[str, Any]],
         report: RoundReport,
-    ) -> None:
+    ) -> list[OpResult]:
+        """The cloud's answers to the batch at the cloud, in its order. Without an answer the round
+        ends with the error: the batch's entries wait as they were, the next batch (`marked`) never
+        left and is marked back."""
         op_ids = [e["op_id"] for e in entries]
-        remote.mark_sent(self.station, op_ids, at=self.station.now())
+        waiting_since = time.perf_counter()
         try:
-            reply = client.push(ops, device_seq_high=max(e["device_seq"] for e in entries))
-            answers = _in_order(op_ids, reply.results)
+            return _in_order(op_ids, courier.answer().results)
         except SyncError:
-            remote.release(self.station, op_ids)  # no answer: they wait as they were
+            remote.release(self.station, op_ids, not_sent=marked)
             raise
+        finally:
+            report.cloud_wait_s += time.perf_counter() - waiting_since
+
+    def _verdicts(
+        self, entries: list[dict[str, Any]], answers: Sequence[OpResult], not_done: set[str]
+    ) -> list[remote.Verdict]:
+        """What becomes of each sent entry; those that did not take effect hold back their dependents."""
         now = self.station.now()
         verdicts = []
         for entry, answer in zip(entries, answers, strict=True):
@@ -288,8 +327,27 @@ class SyncEngine:
             verdicts.append(verdict)
             if verdict.status is not QueueStatus.DONE:
                 not_done.add(entry["op_id"])
-        counts = remote.record_results(self.station, verdicts, at=now)
-        report.sent += len(entries)
+        return verdicts
+
+    def _record(
+        self,
+        verdicts: list[remote.Verdict],
+        report: RoundReport,
+        *,
+        sending: Sequence[tuple[dict[str, Any], dict[str, Any]]] = (),
+        not_sent: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """One transaction: a batch's answers, the next batch marked sent, held entries marked back."""
+        if not (verdicts or sending or not_sent):
+            return
+        counts = remote.record_results(
+            self.station,
+            verdicts,
+            at=self.station.now(),
+            sending=[entry["op_id"] for entry, _ in sending],
+            not_sent=not_sent,
+        )
+        report.sent += len(verdicts)
         report.conflicts += counts.conflicts
         report.refused += counts.refused
         for status, n in counts.by_status.items():
@@ -375,11 +433,55 @@ def _rank(entry: Mapping[str, Any]) -> tuple[int, datetime, int]:
     return entry["priority"], entry["created_at"], entry["device_seq"]
 
 
+def _unheld(
+    loaded: list[tuple[dict[str, Any], dict[str, Any]]], not_done: set[str], report: RoundReport
+) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], list[dict[str, Any]]]:
+    """The entries that may go now, and those behind an entry that did not take effect this round
+    (they wait for the next round, as do their own dependents)."""
+    going, held = [], []
+    for entry, op in loaded:
+        if not_done.intersection(entry["depends_on"]):
+            report.waiting += 1
+            not_done.add(entry["op_id"])
+            held.append(entry)
+        else:
+            going.append((entry, op))
+    return going, held
+
+
 def _in_order(op_ids: Sequence[str], results: Sequence[OpResult]) -> list[OpResult]:
     answered = [r.op_id for r in results]
     if answered != list(op_ids):
         raise CloudFailed(f"the cloud answered other operations than were sent (first: {answered[:1]})")
     return list(results)
+
+
+class _Courier:
+    """Carries one push at a time to the cloud in a thread of its own, so that the round's thread can
+    write the previous batch's answers meanwhile (the HTTP wait releases the GIL)."""
+
+    def __init__(self, client: SyncClient) -> None:
+        self._client = client
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-push")
+        self._reply: Future[PushReply] | None = None
+
+    def __enter__(self) -> "_Courier":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        # A batch still on its way when the round stops (a failed write here) is left in flight:
+        # the next round sends it again and the cloud's ledger answers with its first result.
+        self._pool.shutdown(wait=True)
+
+    def send(self, ops: list[dict[str, Any]], *, device_seq_high: int) -> None:
+        assert self._reply is None, "one push at a time: the cloud applies a batch after the one before"
+        self._reply = self._pool.submit(self._client.push, ops, device_seq_high=device_seq_high)
+
+    def answer(self) -> PushReply:
+        """The cloud's reply to the push on its way (its exception if it failed)."""
+        assert self._reply is not None
+        reply, self._reply = self._reply, None
+        return reply.result()
 
 
 def _add_page(report: RoundReport, page: remote.PageResult, received: int) -> None:

@@ -22,7 +22,7 @@ from store.engine import read_transaction
 from store.enums import QueueStatus
 from store.models import SyncQueueEntry, Treatment
 from store.station import Settings, Station, open_station
-from ui import loop_probe, session
+from ui import gc_tuning, loop_probe, session
 from ui.offloop import off_loop
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def register_station(
         station = open_station(data_dir, **kwargs)
         session.set_station(station)
         loop_probe.start()  # opt-in (DART_LOOP_PROBE=1): benchmarks/scan_latency.py
+        gc_tuning.settle_after_startup()  # start-up objects never scanned again: no long GC stalls
         if start_sync:
             background_tasks.create(_start_sync(station), name="start the sync service")
 

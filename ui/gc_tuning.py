@@ -1,0 +1,37 @@
+"""The garbage collector set up for the station's long-running process (docs/performance.md, sync_catchup).
+
+CPython's full (generation 2) collection walks every container object the process holds, and the
+thread that runs it holds the GIL for the whole pass. The station's imports alone (NiceGUI, FastAPI,
+SQLAlchemy, pydantic, the pages) leave about 200,000 such objects, so a full pass that happened to
+run in the sync worker thread during a catch-up froze the event loop for 80 to 235 ms: every click
+and every scan waited that long. Those objects live as long as the process; scanning them again and
+again finds nothing to free.
+
+`settle_after_startup()` therefore collects once and then freezes whatever survived start-up
+(`gc.freeze`): frozen objects are never scanned again, so a full pass only walks what the station
+made since. Collections still run as before for everything made after start-up.
+"""
+
+import gc
+import logging
+import threading
+
+log = logging.getLogger(__name__)
+
+_settled = False
+_lock = threading.Lock()
+
+
+def settle_after_startup() -> int:
+    """Collect, then freeze every object that survived start-up; once per process (later calls do
+    nothing: a process that restarts its app, as the tests do, keeps its first freeze). Returns how
+    many objects are frozen."""
+    global _settled
+    with _lock:
+        if not _settled:
+            # Garbage still waiting for a pass would otherwise be frozen too, and never freed.
+            gc.collect()
+            gc.freeze()
+            _settled = True
+            log.debug("garbage collector: %d start-up objects frozen", gc.get_freeze_count())
+        return gc.get_freeze_count()
