@@ -70,7 +70,7 @@ class Cloud:
     url: str
     owner: Engine  # test set-up and inspection only
     cipher: PatientCipher
-    done: RequestsDone  # when the server has finished a request (its client may have hung up)
+    done: RequestsDone | None = None  # when the server has finished a request (set by the fixture)
 
     def enrol(self, device_id: str | None = None, device_sites: tuple[str, ...] = STATION_SITES) -> "Device":
         """A device with its own credential (a station's own id, so its queue entries match)."""
@@ -249,6 +249,7 @@ def test_a_resend_after_the_reply_was_lost_is_answered_from_the_ledger(
 ) -> None:
     insertion(station)
     ops = station_ops(station)
+    assert cloud.done is not None
     with cloud.done.one_more(PUSH):  # the server finishes the request, though nobody reads the answer
         _send_and_hang_up(device, ops)
     assert cloud.scalar("SELECT result FROM op_ledger WHERE op_id = :op", op=ops[0]["op_id"])
