@@ -152,6 +152,7 @@ def test_stations_converge_with_the_cloud_under_partitions_skew_and_shared_edits
     # The examples did what this test claims to test (a generator that never shares a treatment
     # or never cuts a link would pass for nothing).
     examples = STATS["examples"]
+    print(f"convergence examples: {dict(STATS)}")  # shown with -s (or -rP)
     for what, at_least in {
         "shared record edited on two stations": examples // 10,
         "concurrent edits held for a person": examples // 50,
@@ -160,7 +161,7 @@ def test_stations_converge_with_the_cloud_under_partitions_skew_and_shared_edits
         "skewed a year": examples // 50,
         "skewed a day": examples // 50,
         "finalised": examples // 10,
-        "removal started": examples // 25,
+        "removal started": examples // 10,
     }.items():
         assert STATS[what] >= max(at_least, 1), f"only {STATS[what]} examples had {what!r}: {dict(STATS)}"
 
@@ -191,6 +192,7 @@ class ConvergenceMachine(RuleBasedStateMachine):
         # A known start: A1 has an insertion at the shared site with two applicators, B1 one; every
         # station has synced once (an enrolled station measured its clock against the cloud's).
         self._seed_treatment("A1", "CA-HFA", 2)
+        self._seed_treatment("A1", "CA-TLV", 1, finished=True)  # ready for a removal
         self._seed_treatment("B1", "CB-JLM", 1)
         for name in sorted(self.laptops):
             self._sync(name, expect_online=True)
@@ -544,7 +546,7 @@ class ConvergenceMachine(RuleBasedStateMachine):
         return result
 
     def _read_queue(self, laptop: Laptop) -> None:
-        new = [e for e in _queue(laptop) if e["device_seq"] > laptop.ops_seen]
+        new = _queue(laptop, after_seq=laptop.ops_seen)
         if new:
             laptop.ops_seen = max(e["device_seq"] for e in new)
             for entry in new:
@@ -560,10 +562,10 @@ class ConvergenceMachine(RuleBasedStateMachine):
             self.did.add("round offline")
             return
         assert report.outcome == Outcome.OK, (name, report.outcome, report.error)
-        done = [e["op_id"] for e in _queue(laptop) if e["status"] == "done"]
+        done = [r[0] for r in laptop.query("SELECT op_id FROM sync_queue WHERE status = 'done'")]
         self.oracle.synced(name, known, done)
 
-    def _seed_treatment(self, name: str, site: str, scans: int) -> None:
+    def _seed_treatment(self, name: str, site: str, scans: int, *, finished: bool = False) -> None:
         change = self._command(
             name,
             start_insertion,
@@ -573,9 +575,19 @@ class ConvergenceMachine(RuleBasedStateMachine):
             emergency=self._patient(Indication.PANCREAS),
         )
         for serial in serials(site)[:scans]:
-            self._command(
+            scanned = self._command(
                 name, scan_applicator, treatment_id=change.record["id"], raw=serial, confirmed=ALL_CONFIRMED
             )
+            for status in (S.OPENED, S.LOADED, S.INSERTED) if finished else ():
+                self._command(
+                    name,
+                    change_status,
+                    applicator_id=scanned.applicator["id"],
+                    status=status,
+                    confirm_permanent=True,
+                )
+        if finished:
+            self._command(name, finalise_treatment, treatment_id=change.record["id"], mode=SignatureMode.SELF)
 
     def _patient(self, indication: Indication) -> EmergencyPatient:
         self.counter += 1
@@ -640,9 +652,10 @@ def _all_sites() -> list[str]:
     return sorted({s for sites, _actor in STATIONS.values() for s in sites})
 
 
-def _queue(laptop: Laptop) -> list[dict[str, Any]]:
+def _queue(laptop: Laptop, *, after_seq: int = 0) -> list[dict[str, Any]]:
+    query = select(QUEUE).where(QUEUE.c.device_seq > after_seq).order_by(QUEUE.c.device_seq)
     with laptop.station.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select(QUEUE).order_by(QUEUE.c.device_seq)).mappings()]
+        return [dict(r) for r in conn.execute(query).mappings()]
 
 
 def _assert_same_records(
