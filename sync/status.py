@@ -11,10 +11,13 @@ Both are synchronous and cheap (a handful of indexed counts): the UI calls them 
 `run.io_bound`, never on its event loop.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Integer, func, select, text
 
 from store.engine import read_transaction
@@ -160,11 +163,52 @@ def read_receipt(station: Station, table: str, record_id: str) -> Receipt:
                 CONFLICTS.c.status == ConflictStatus.OPEN.value,
             )
         ).scalar_one()
-    if held or any(e.status in HELD for e in entries):
+    return _receipt(bool(held), [(e.status, e.sent_at) for e in entries])
+
+
+def read_receipts(station: Station, records: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Receipt]:
+    """The receipts of many records (table, id) in one read: three indexed queries per table, whatever
+    the number of records (a page of 200 applicators refreshes its badges every few seconds). A record
+    this station does not hold is left out of the answer."""
+    wanted: dict[str, list[str]] = {}
+    for table, record_id in records:
+        if table not in CORE_TABLES:
+            raise ValueError(f"{table!r} is not a synced table (one of: {', '.join(CORE_TABLES)})")
+        wanted.setdefault(table, []).append(record_id)
+    found: dict[tuple[str, str], Receipt] = {}
+    with read_transaction(station.engine) as conn:
+        for table, ids in wanted.items():
+            listed = orjson.dumps(sorted(set(ids))).decode()
+            held = {r for (r,) in conn.exec_driver_sql(_HELD_RECORDS, (table, listed))}
+            entries: dict[str, list[tuple[str, Any]]] = {}
+            for record_id, status, sent_at in conn.exec_driver_sql(_OPEN_ENTRIES, (table, listed)):
+                entries.setdefault(record_id, []).append((status, sent_at))  # sent_at: only None matters
+            held_here = conn.exec_driver_sql(_EXISTING.format(table=table), (listed,))
+            for (record_id,) in held_here:
+                found[(table, record_id)] = _receipt(record_id in held, entries.get(record_id, []))
+    return found
+
+
+def _receipt(held: bool, entries: list[tuple[str, Any]]) -> Receipt:
+    """Where a record stands, from its open conflict (if any) and its queue entries not yet done."""
+    if held or any(status in HELD for status, _sent in entries):
         return Receipt.NEEDS_PERSON
-    if any(e.status == QueueStatus.PENDING.value and e.sent_at is None for e in entries):
+    if any(status == QueueStatus.PENDING.value and sent_at is None for status, sent_at in entries):
         return Receipt.SAVED_HERE
     return Receipt.SENT if entries else Receipt.CONFIRMED
+
+
+# The bulk receipt reads: ids as one JSON array parameter (no limit on how many, one prepared text).
+_IN_IDS = "(SELECT value FROM json_each(?))"
+_EXISTING = "SELECT id FROM {table} WHERE id IN " + _IN_IDS
+_HELD_RECORDS = (
+    "SELECT DISTINCT record_id FROM sync_conflicts WHERE table_name = ? AND status = 'open'"
+    " AND record_id IN " + _IN_IDS
+)
+_OPEN_ENTRIES = (
+    "SELECT record_id, status, sent_at FROM sync_queue WHERE table_name = ? AND status <> 'done'"
+    " AND record_id IN " + _IN_IDS
+)
 
 
 # --- reads ------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ runs through `run.io_bound`, and the list is updated one row at a time, never re
 
 from typing import Any
 
-from nicegui import run, ui
+from nicegui import background_tasks, run, ui
 from nicegui.events import GenericEventArguments
 
 from store import lookups
@@ -19,6 +19,7 @@ from store.errors import StoreError
 from store.photos import attach_applicator_photo
 from store.scanning import Confirmation, ScanOutcome, ScanResult, scan_applicator
 from store.station import Actor, Station
+from ui.components.applicator_list import ApplicatorList
 from ui.components.applicator_row import ApplicatorRow
 from ui.components.dialogs import confirm
 from ui.components.notice import Notice, Tone
@@ -100,10 +101,11 @@ class InsertionPage:
                 self._draw_leftovers(leftovers)
         self.progress = ProgressPanel(view.progress)
         ui.label("Applicators").classes("text-2xl font-semibold")
-        self.empty = ui.label("No applicator recorded yet. Scan the first one.").classes("text-lg")
-        self.list = ui.column().classes("w-full gap-3").props("data-testid=applicator-list")
-        # Newest first: the row a clinician just scanned is the one at the top.
-        for record in reversed(view.applicators):
+        self.list = ApplicatorList(
+            existing=len(view.applicators), empty_text="No applicator recorded yet. Scan the first one."
+        )
+        # Oldest first into a list that shows the newest first: the row just scanned is the one on top.
+        for record in view.applicators:
             self._add_row(record)
 
     # --- layout ---------------------------------------------------------------------------------
@@ -253,14 +255,16 @@ class InsertionPage:
         title = "Recorded after confirmation" if after_confirmation else "Applicator recorded"
         tone = Tone.WARN if result.warnings or after_confirmation else Tone.DONE
         self.notice.show(tone, title, result.message)
-        ui.timer(0, self.refresh_progress, once=True)
+        # After the row has gone out; not a ui.timer: adding and removing a timer changes the children of
+        # the scan card, which makes the browser re-render the page (ui/components/render_boundary.py).
+        background_tasks.create(self.refresh_progress(), name="progress after a scan")
 
     def _stopped(self, result: ScanResult, raw: str) -> None:
         tone, title = OUTCOME_TITLES[result.outcome]
         self.notice.show(tone, title, result.message)
         typed = result.reading is not None and result.reading.gtin is None
         if typed and result.outcome in (ScanOutcome.NOT_ALLOWED, ScanOutcome.ERROR):
-            ui.timer(0, lambda: self._suggest(raw), once=True)
+            background_tasks.create(self._suggest(raw), name="suggestions for a typed serial")
 
     async def _suggest(self, typed: str) -> None:
         found = await run.io_bound(lookups.suggestions, self.station, self.actor, self.treatment_id, typed)
@@ -302,8 +306,7 @@ class InsertionPage:
 
     # --- the list -------------------------------------------------------------------------------
     def _add_row(self, record: dict[str, Any]) -> None:
-        self.empty.set_visibility(False)
-        with self.list:
+        with self.list.slot_for_next_row():
             row = ApplicatorRow(
                 record,
                 indication=self.indication,
@@ -312,7 +315,7 @@ class InsertionPage:
                 on_move=self._move,
                 on_photo=self._photo,
             )
-        row.card.move(self.list, target_index=0)
+        self.list.placed(row.card)
         self.rows[row.id] = row
         self.serials.add(record["serial_number"])
 

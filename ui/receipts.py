@@ -1,17 +1,19 @@
 """The per-record receipt: saved here, sent, confirmed by the cloud, or waiting for a person.
 
-`receipt_badge(table, record_id)` draws a small badge where a record is shown. All badges of a page are
-refreshed together, in one worker-thread call, each time the sync banner refreshes (every few
-seconds), so a page with two hundred applicators costs one read, not two hundred timers.
+`receipt_badge(table, record_id)` draws a small badge where a record is shown. The badges of a page are
+read together, in one worker-thread call and one read of the store (`sync.status.read_receipts`: a few
+indexed queries, whatever the number of badges): once just after they are drawn (all the badges a page
+drew at once in one read), then each time the sync banner refreshes (every few seconds). A badge whose
+receipt did not change is not touched, so nothing goes to the browser for it.
 """
 
 import weakref
-from collections.abc import Callable
 
-from nicegui import ui
+from nicegui import background_tasks, ui
 
+from sync.status import read_receipts
 from ui.offloop import off_loop
-from ui.session import current_station, sync_service
+from ui.session import current_station
 
 RECEIPT_TEXT = {
     "saved_here": ("Saved here", "blue-grey-6", "save"),
@@ -22,6 +24,8 @@ RECEIPT_TEXT = {
 
 # client id -> its badges (weak: a badge removed with its row is forgotten)
 _badges: dict[str, "weakref.WeakSet[ReceiptBadge]"] = {}
+# client id -> badges drawn since the last first read (one read for all of them)
+_new: dict[str, list["ReceiptBadge"]] = {}
 
 
 class ReceiptBadge(ui.chip):
@@ -49,9 +53,14 @@ def receipt_badge(table: str, record_id: str) -> ReceiptBadge:
     client = ui.context.client
     if client.id not in _badges:
         _badges[client.id] = weakref.WeakSet()
-        client.on_delete(lambda: _badges.pop(client.id, None))
+        client.on_delete(lambda: (_badges.pop(client.id, None), _new.pop(client.id, None)))
     _badges[client.id].add(badge)
-    ui.timer(0.1, lambda: refresh_badges([badge]), once=True)
+    waiting = _new.setdefault(client.id, [])
+    if not waiting:
+        # Not a ui.timer per badge: a timer is an element, and adding one (and removing it when it has
+        # run) changes its parent, which the browser re-renders; nor one read per badge.
+        background_tasks.create(_first_read(client.id), name="first read of new receipts")
+    waiting.append(badge)
     return badge
 
 
@@ -66,29 +75,16 @@ async def refresh_badges(badges: list[ReceiptBadge]) -> None:
     live = [b for b in badges if not b.is_deleted]
     if not live:
         return
-    keys = [(b.table, b.record_id) for b in live]
-    found = await off_loop(_read_receipts, keys)
-    for badge, receipt in zip(live, found, strict=True):
-        if receipt is not None and not badge.is_deleted:
-            badge.show(receipt)
-
-
-def _read_receipts(keys: list[tuple[str, str]]) -> list[str | None]:
-    read = _reader()
-    found: list[str | None] = []
-    for table, record_id in keys:
-        try:
-            found.append(str(read(table, record_id)))
-        except LookupError:
-            found.append(None)  # not on this station (yet): leave the badge as it is
-    return found
-
-
-def _reader() -> Callable[[str, str], object]:
-    service = sync_service()
-    if service is not None:
-        return service.receipt
-    from sync.status import read_receipt
-
     station = current_station()
-    return lambda table, record_id: read_receipt(station, table, record_id)
+    found = await off_loop(read_receipts, station, [(b.table, b.record_id) for b in live])
+    for badge in live:
+        receipt = found.get((badge.table, badge.record_id))
+        if receipt is not None and not badge.is_deleted:  # None: not on this station (yet): leave it
+            badge.show(str(receipt))
+
+
+async def _first_read(client_id: str) -> None:
+    # Runs when the page's handler next awaits: by then it has drawn all its badges of this pass.
+    badges = _new.pop(client_id, [])
+    if badges:
+        await refresh_badges(badges)

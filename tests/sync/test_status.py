@@ -28,6 +28,7 @@ from sync.status import (
     clock_unreliable,
     read_banner,
     read_receipt,
+    read_receipts,
 )
 from tests.cloud.test_push import Cloud
 from tests.sync.conftest import Laptop, LaptopFactory, bundle_for
@@ -121,6 +122,11 @@ def test_everything_waiting_for_a_person_is_counted_and_its_records_say_so(
     assert read_receipt(a.station, "applicators", mine["id"]) is Receipt.NEEDS_PERSON
     assert read_receipt(b.station, "applicators", theirs["id"]) is Receipt.NEEDS_PERSON
     assert read_receipt(a.station, "treatments", here) is Receipt.CONFIRMED
+    # The bulk read (a page's badges) says the same, in one read.
+    assert read_receipts(a.station, [("applicators", mine["id"]), ("treatments", here)]) == {
+        ("applicators", mine["id"]): Receipt.NEEDS_PERSON,
+        ("treatments", here): Receipt.CONFIRMED,
+    }
 
 
 def test_a_records_receipt_goes_from_saved_here_to_sent_to_confirmed(laptops: LaptopFactory) -> None:
@@ -128,21 +134,37 @@ def test_a_records_receipt_goes_from_saved_here_to_sent_to_confirmed(laptops: La
     a = laptops("a", transport=transport)
     treatment = a.insertion()
 
+    def bulk(*records: tuple[str, str]) -> dict[tuple[str, str], Receipt]:
+        """The bulk read must agree with the one-record read, record by record."""
+        found = read_receipts(a.station, [*records, ("treatments", "nope")])
+        assert found == {r: read_receipt(a.station, *r) for r in records}  # "nope" is left out
+        return found
+
     assert read_receipt(a.station, "treatments", treatment) is Receipt.SAVED_HERE
+    assert bulk(("treatments", treatment)) == {("treatments", treatment): Receipt.SAVED_HERE}
     cut = a.engine.run_round()  # the cloud took it; its answer was lost on the way back
     assert cut.outcome is Outcome.OFFLINE and transport.lost == 1
     assert read_receipt(a.station, "treatments", treatment) is Receipt.SENT
     update_details_later = a.scan(treatment, "DART-9000-00000")
     assert read_receipt(a.station, "applicators", update_details_later["id"]) is Receipt.SAVED_HERE
+    assert bulk(("treatments", treatment), ("applicators", update_details_later["id"])) == {
+        ("treatments", treatment): Receipt.SENT,
+        ("applicators", update_details_later["id"]): Receipt.SAVED_HERE,
+    }
 
     a.sync()
 
     assert read_receipt(a.station, "treatments", treatment) is Receipt.CONFIRMED
     assert read_receipt(a.station, "applicators", update_details_later["id"]) is Receipt.CONFIRMED
+    assert set(bulk(("treatments", treatment), ("applicators", update_details_later["id"])).values()) == {
+        Receipt.CONFIRMED
+    }
     with pytest.raises(LookupError, match="holds no treatments record nope"):
         read_receipt(a.station, "treatments", "nope")
     with pytest.raises(ValueError, match="not a synced table"):
         read_receipt(a.station, "users", treatment)
+    with pytest.raises(ValueError, match="not a synced table"):
+        read_receipts(a.station, [("users", treatment)])
 
 
 def test_validation_data_freshness_per_kind_follows_the_installed_bundle(

@@ -311,12 +311,23 @@ async def test_choose_from_list_records_the_chosen_applicator(clinician: User, a
 
 
 # --- the list and the progress -------------------------------------------------------------------------
+def shown_rows(user: User) -> list[str]:
+    """The applicator rows' test ids in the order the page shows them."""
+    listed = by_testid(user, "applicator-list").elements.pop()
+    return [
+        str(e.props["data-testid"])
+        for e in listed.descendants()
+        if str(e.props.get("data-testid", "")).startswith("applicator-DART")
+    ]
+
+
 async def test_a_scan_adds_one_row_and_leaves_the_others_in_place(
-    clinician: User, app_station: Station
+    clinician: User, app_station: Station, ui_clock: FakeClock
 ) -> None:
     treatment_id = insertion(app_station)
     for i in range(5):
         scan(app_station, treatment_id, f"DART-9000-0000{i}")
+        ui_clock.advance(seconds=30)
     await open_treatment(clinician, treatment_id)
     before = {
         e.id
@@ -331,10 +342,10 @@ async def test_a_scan_adds_one_row_and_leaves_the_others_in_place(
         if str(e.props.get("data-testid", "")).startswith("applicator-DART")
     }
     assert before < after and len(after - before) == 1  # the five rows are the same elements, not redrawn
-    listed = by_testid(clinician, "applicator-list").elements.pop()
-    assert (
-        listed.default_slot.children[0].props["data-testid"] == "applicator-DART-8000-00000"
-    )  # newest first
+    # Newest first, the rows drawn with the page as well as the one just scanned.
+    assert shown_rows(clinician) == ["applicator-DART-8000-00000"] + [
+        f"applicator-DART-9000-0000{i}" for i in reversed(range(5))
+    ]
 
 
 async def test_progress_counts_per_status_and_capacity_and_total_activity(

@@ -48,7 +48,7 @@ class ApplicatorRow:
         self.package = package
         self._on_move = on_move
         self._on_photo = on_photo
-        self.card = ui.card().classes("w-full p-3 gap-2")
+        self.card = ui.card().classes("w-full p-3 gap-2 mb-3")  # mb: blocks have no gap
         self.card.props(f"data-testid=applicator-{record['serial_number']}")
         self.draw()
 
