@@ -16,14 +16,18 @@ benchmarks/cloud_sync.py's own helpers.
 Timed: the station reconnects and syncs the way the station does - "sync now" of its
 `sync.service.SyncService` on an asyncio event loop, each round in a worker thread - from the
 start of the first round until its queue is empty (every entry acknowledged; a watcher on the loop
-counts the open entries every 20 ms); then the cloud's ledger must hold every operation. The rounds
+counts the open entries every 50 ms); then the cloud's ledger must hold every operation. The rounds
 go on after that (the audit upload, sync/audit_upload.py): their whole length is printed apart.
-Split: the rounds' wait for the cloud's push answers (`RoundReport.cloud_wait_s`) and the rest, the
-station's own work that the pipelined push (sync/engine.py) could not hide behind the cloud's.
+Split: the pushes' exchanges with the cloud, request out to answer in (`RoundReport.push_exchange_s`,
+`cloud_s`), and the rest, the station's own time between them (`station_s`): the pipelined push
+(sync/engine.py) does most of the station's work while a batch is at the cloud, so only what it
+could not hide is left there. Beside them: the station's CPU time, and the direct push's exchange,
+which is shorter when nothing else on the two cores wants a CPU.
 Meanwhile a heartbeat task on the loop wakes every 5 ms and records how late it woke: the worst
 lateness is `loop_stall_ms`, what a clinician's click would wait for while the station catches up;
-the same less the time the loop's thread waited for a CPU (Linux schedstat: other processes on the
-machine) is printed beside it, with every garbage collection of the catch-up (`gc.callbacks`).
+the same less the longest time one of the station's threads waited for a CPU meanwhile (Linux
+schedstat: other processes on the machine), the hypervisor's CPU steal, and every garbage collection
+(`gc.callbacks`) with the CPU time its thread had during it are printed beside it.
 
 Baseline, same run: the very same operations (the station's queue in the wire format, in queue
 order) pushed straight over HTTP by cloud_sync.push_all - the cloud benchmark's push - into a
@@ -32,7 +36,7 @@ baseline's operations/s divided by the catch-up's: what the station's side of a 
 of the cloud's.
 
 The last line is `RESULT catchup_s=<s> ops_per_s=<n> ratio_vs_direct_push=<x> loop_stall_ms=<ms>
-cloud_wait_s=<s> station_s=<s>`. Targets: 10,000 changes in under 10 s, a worst loop stall under 50 ms.
+cloud_s=<s> station_s=<s>`. Targets: 10,000 changes in under 10 s, a worst loop stall under 50 ms.
 """
 
 import argparse
@@ -46,7 +50,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,7 +82,7 @@ from cloud_sync import (  # noqa: E402  (benchmarks/ is this script's own direct
 )
 
 HEARTBEAT_S = 0.005
-WATCH_S = 0.02  # how often the open entries are counted during the catch-up
+WATCH_S = 0.05  # how often the open entries are counted during the catch-up
 
 
 def main() -> None:
@@ -147,8 +151,11 @@ def main() -> None:
         f"total run {time.perf_counter() - total_started:.1f} s"
     )
     print(f"catch-up (queue empty): {catchup.seconds:.2f} s, {rate:.0f} ops/s")
+    pushes = -(-args.changes // args.batch)
+    each, direct_each = catchup.cloud_s / pushes * 1e3, direct.wall / pushes * 1e3
     print(
-        f"  waiting for the cloud's push answers {catchup.cloud_s:.2f} s, the station's own work "
+        f"  the pushes' exchanges with the cloud {catchup.cloud_s:.2f} s ({each:.1f} ms each; the direct "
+        f"push's {direct_each:.1f} ms), the station's own time between them "
         f"{station_s:.2f} s; the station's CPU time {catchup.cpu_s:.2f} s"
     )
     print(
@@ -157,13 +164,14 @@ def main() -> None:
     print(f"  garbage collections: {catchup.gc.summary()}")
     print(f"direct push of the same operations: {direct.wall:.2f} s, {direct.rate:.0f} ops/s")
     print(
-        f"event loop during the round(s): worst stall {catchup.worst_stall * 1e3:.1f} ms "
-        f"({catchup.worst_own_stall * 1e3:.1f} ms less the loop thread's waits for a CPU), "
-        f"p99 {catchup.p99_stall * 1e3:.1f} ms over {catchup.beats} heartbeats of {HEARTBEAT_S * 1e3:.0f} ms"
+        f"event loop during the round(s): worst stall {catchup.worst_stall * 1e3:.1f} ms, "
+        f"p99 {catchup.p99_stall * 1e3:.1f} ms over {catchup.beats} beats of {HEARTBEAT_S * 1e3:.0f} ms; "
+        f"less the waits for a CPU: {catchup.worst_own_stall * 1e3:.1f} ms; "
+        f"CPU steal until the queue was empty {catchup.steal:.0%}"
     )
     print(
         f"RESULT catchup_s={catchup.seconds:.2f} ops_per_s={rate:.0f} ratio_vs_direct_push={ratio:.2f} "
-        f"loop_stall_ms={catchup.worst_stall * 1e3:.1f} cloud_wait_s={catchup.cloud_s:.2f} "
+        f"loop_stall_ms={catchup.worst_stall * 1e3:.1f} cloud_s={catchup.cloud_s:.2f} "
         f"station_s={station_s:.2f}"
     )
 
@@ -245,26 +253,30 @@ def ledger_rows(owner_url: str, device_id: str) -> int:
 
 # --- the catch-up, as the station's job runs it -------------------------------------------------
 class GcPasses:
-    """Every garbage collection while installed (`gc.callbacks`), in any thread: generation, seconds."""
+    """Every garbage collection while installed (`gc.callbacks`), in any thread: its generation, its
+    length, and the CPU time its thread had during it (much less: the thread was waiting for a CPU)."""
 
     def __init__(self) -> None:
-        self.passes: list[tuple[int, float]] = []
-        self._began: dict[int, float] = {}
+        self.passes: list[tuple[int, float, float]] = []
+        self._began: dict[int, tuple[float, float]] = {}
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            self._began[threading.get_ident()] = time.perf_counter()
+            self._began[threading.get_ident()] = (time.perf_counter(), time.thread_time())
             return
         began = self._began.pop(threading.get_ident(), None)
         if began is not None:
-            self.passes.append((info["generation"], time.perf_counter() - began))
+            wall, cpu = time.perf_counter() - began[0], time.thread_time() - began[1]
+            self.passes.append((info["generation"], wall, cpu))
 
     def summary(self) -> str:
         parts = []
         for generation in (0, 1, 2):
-            lengths = [s for g, s in self.passes if g == generation]
-            if lengths:
-                parts.append(f"gen {generation}: {len(lengths)}, longest {max(lengths) * 1e3:.1f} ms")
+            passes = [(wall, cpu) for g, wall, cpu in self.passes if g == generation]
+            if passes:
+                wall, cpu = max(passes)
+                longest = f"longest {wall * 1e3:.1f} ms ({cpu * 1e3:.1f} ms on a CPU)"
+                parts.append(f"gen {generation}: {len(passes)}, {longest}")
         return "; ".join(parts) or "none"
 
 
@@ -274,8 +286,9 @@ class CatchUp:
         self.rounds_s = 0.0  # until the round that emptied it ended
         self.rounds = 0
         self.stalls: list[float] = []
-        self.own_stalls: list[float] = []  # each stall less the loop thread's wait for a CPU
-        self.cloud_s = 0.0  # the rounds waiting for the cloud's push answers (RoundReport.cloud_wait_s)
+        self.own_stalls: list[float] = []  # each stall less the longest wait for a CPU of a thread here
+        self.steal = 0.0  # the share of the machine's CPU time the hypervisor took (/proc/stat)
+        self.cloud_s = 0.0  # the pushes' exchanges with the cloud (RoundReport.push_exchange_s)
         self.cpu_s = 0.0  # CPU time of the station's process (every thread) until the queue was empty
         self.gc = GcPasses()
 
@@ -314,19 +327,24 @@ def catch_up(station: Any, url: str, token: str, batch: int, profile: bool) -> C
 
     async def heartbeat(stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
+        run_queue_s = CpuWaits()
+        queued_before = run_queue_s()
         while not stop.is_set():
             due = loop.time() + HEARTBEAT_S
-            queued_before = run_queue_s()
             await asyncio.sleep(HEARTBEAT_S)
             late = max(0.0, loop.time() - due)
+            queued = run_queue_s()
             result.stalls.append(late)
-            result.own_stalls.append(max(0.0, late - (run_queue_s() - queued_before)))
+            waited = max((queued[t] - queued_before.get(t, queued[t]) for t in queued), default=0.0)
+            result.own_stalls.append(max(0.0, late - waited))
+            queued_before = queued
+        run_queue_s.close()
 
     async def rounds() -> None:
         while True:
             report = await service.sync_now()
             result.rounds += 1
-            result.cloud_s += report.cloud_wait_s
+            result.cloud_s += report.push_exchange_s
             if report.outcome != "ok":
                 raise RuntimeError(f"a catch-up round ended {report.outcome}: {report.error}")
             if not await asyncio.to_thread(open_count, station):
@@ -336,13 +354,15 @@ def catch_up(station: Any, url: str, token: str, batch: int, profile: bool) -> C
         stop = asyncio.Event()
         beating = asyncio.create_task(heartbeat(stop))
         gc.callbacks.append(result.gc)
-        started, cpu_started = time.perf_counter(), time.process_time()
+        started, cpu_started, steal_started = time.perf_counter(), time.process_time(), cpu_steal()
         try:
             syncing = asyncio.create_task(rounds())
             while await asyncio.to_thread(open_count, station) and not syncing.done():
                 await asyncio.sleep(WATCH_S)
             result.seconds = time.perf_counter() - started
             result.cpu_s = time.process_time() - cpu_started
+            stolen, total = (now - then for now, then in zip(cpu_steal(), steal_started, strict=True))
+            result.steal = stolen / total if total else 0.0
             await syncing  # its error, if it ended with one
             result.rounds_s = time.perf_counter() - started
         finally:
@@ -356,13 +376,38 @@ def catch_up(station: Any, url: str, token: str, batch: int, profile: bool) -> C
     return result
 
 
-def run_queue_s() -> float:
-    """How long this thread has waited for a CPU so far (Linux schedstat; 0 where there is none): the
-    part of a loop stall that the machine's other work caused, not the station's threads."""
-    try:
-        return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
+class CpuWaits:
+    """How long each thread of this process has waited for a CPU so far (Linux schedstat; nothing
+    where there is none). A thread that holds the GIL while it waits keeps the loop waiting too: the
+    part of a loop stall that the machine's other work caused, not the station's code. Read on every
+    heartbeat, so each thread's file is opened once and re-read in place (about 40 us a beat)."""
+
+    def __init__(self) -> None:
+        self._files: dict[int, int] = {}
+
+    def __call__(self) -> dict[int, float]:
+        waits = {}
+        with suppress(OSError):
+            for name in os.listdir("/proc/self/task"):
+                tid = int(name)
+                with suppress(OSError, IndexError, ValueError):
+                    if tid not in self._files:
+                        self._files[tid] = os.open(f"/proc/self/task/{name}/schedstat", os.O_RDONLY)
+                    waits[tid] = int(os.pread(self._files[tid], 128, 0).split()[1]) / 1e9
+        return waits
+
+    def close(self) -> None:
+        for fd in self._files.values():
+            with suppress(OSError):
+                os.close(fd)
+
+
+def cpu_steal() -> tuple[int, int]:
+    """The machine's stolen and total CPU time so far (/proc/stat, in ticks; zeros where there is none)."""
+    with suppress(OSError, IndexError, ValueError):
+        ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return ticks[7], sum(ticks)
+    return 0, 0
 
 
 def open_count(station: Any) -> int:

@@ -468,10 +468,16 @@ SCHEDULING = ("op_id", "status", "priority", "created_at", "device_seq", "depend
 
 
 def open_schedule(station: Station) -> list[dict[str, Any]]:
-    """Every open entry, oldest first, with only its scheduling fields (`SCHEDULING`)."""
+    """Every open entry, oldest first, with only its scheduling fields (`SCHEDULING`); `depends_on`
+    a tuple: an entry then holds only atomic values and tuples of them, which the garbage collector
+    stops tracking (tuples at its first pass, dicts at its first full one), so 10,000 entries held
+    for a round no longer lengthen every full pass in the sync worker (a loop stall)."""
     statuses = ", ".join(f"'{s.value}'" for s in OPEN_QUEUE)
     with read_transaction(station.engine) as conn:
-        return codec(QUEUE).select(conn, f"status IN ({statuses}) ORDER BY device_seq", (), SCHEDULING)
+        rows = codec(QUEUE).select(conn, f"status IN ({statuses}) ORDER BY device_seq", (), SCHEDULING)
+    for row in rows:
+        row["depends_on"] = tuple(row["depends_on"])
+    return rows
 
 
 def load_entries(station: Station, op_ids: Sequence[str]) -> list[dict[str, Any]]:

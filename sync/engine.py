@@ -94,7 +94,7 @@ class RoundReport:
     refused: int = 0  # cloud records this station's constraints refused (held for a person)
     cursor: int | None = None
     sent: int = 0
-    cloud_wait_s: float = 0.0  # the push waiting for the cloud's answers (the rest was this station's work)
+    push_exchange_s: float = 0.0  # the pushes' exchanges with the cloud, request out to answer in
     results: dict[str, int] = field(default_factory=dict)  # queue status after the answer -> entries
     waiting: int = 0  # open entries not sent: backing off, or behind an entry they depend on
     conflicts: int = 0  # conflict rows recorded or updated
@@ -304,17 +304,16 @@ class SyncEngine:
         report: RoundReport,
     ) -> list[OpResult]:
         """The cloud's answers to the batch at the cloud, in its order. Without an answer the round
-        ends with the error: the batch's entries wait as they were, the next batch (`marked`) never
-        left and is marked back."""
+        ends with the error: the batch's entries wait as they were (still marked sent: they may have
+        reached the cloud), the next batch (`marked`) never left and is marked back."""
         op_ids = [e["op_id"] for e in entries]
-        waiting_since = time.perf_counter()
         try:
             return _in_order(op_ids, courier.answer().results)
-        except SyncError:
+        except Exception:
             remote.release(self.station, op_ids, not_sent=marked)
             raise
         finally:
-            report.cloud_wait_s += time.perf_counter() - waiting_since
+            report.push_exchange_s = courier.exchange_s
 
     def _verdicts(
         self, entries: list[dict[str, Any]], answers: Sequence[OpResult], not_done: set[str]
@@ -464,6 +463,7 @@ class _Courier:
         self._client = client
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-push")
         self._reply: Future[PushReply] | None = None
+        self.exchange_s = 0.0  # the pushes so far, request out to answer in (read after `answer`)
 
     def __enter__(self) -> "_Courier":
         return self
@@ -475,7 +475,14 @@ class _Courier:
 
     def send(self, ops: list[dict[str, Any]], *, device_seq_high: int) -> None:
         assert self._reply is None, "one push at a time: the cloud applies a batch after the one before"
-        self._reply = self._pool.submit(self._client.push, ops, device_seq_high=device_seq_high)
+        self._reply = self._pool.submit(self._exchange, ops, device_seq_high)
+
+    def _exchange(self, ops: list[dict[str, Any]], device_seq_high: int) -> PushReply:
+        began = time.perf_counter()
+        try:
+            return self._client.push(ops, device_seq_high=device_seq_high)
+        finally:
+            self.exchange_s += time.perf_counter() - began
 
     def answer(self) -> PushReply:
         """The cloud's reply to the push on its way (its exception if it failed)."""

@@ -11,6 +11,7 @@ as each push leaves and after the round:
 - a batch costs one write transaction, not two (a durable commit each: an fsync on the laptop's disk).
 """
 
+import gc
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -21,6 +22,7 @@ import httpx
 import orjson
 from sqlalchemy import Connection, event
 
+from store import remote
 from store.applicators import update_details
 from store.enums import ApplicatorStatus
 from store.journal import QUEUE
@@ -174,3 +176,17 @@ def test_a_round_cut_off_mid_push_marks_back_the_batch_that_never_left(
     assert {e["status"] for e in entries(a).values()} == {"done"}
     for op_id in order:
         assert cloud.scalar("SELECT count(*) FROM op_ledger WHERE op_id = :id", id=op_id) == 1
+
+
+def test_the_rounds_schedule_is_left_out_of_the_garbage_collectors_passes(laptops: LaptopFactory) -> None:
+    # A station back after days offline schedules thousands of entries for the whole round: were they
+    # tracked, every full collection in the sync worker would walk them with the GIL held (loop stall).
+    a = laptops("a")
+    treatment_id = a.insertion()
+    a.scan(treatment_id, "DART-9000-00000")
+
+    schedule = remote.open_schedule(a.station)
+    gc.collect()  # a full pass, as one in the sync worker would be: it untracks what holds only atoms
+
+    assert len(schedule) == 2 and schedule[1]["depends_on"] == (schedule[0]["op_id"],)
+    assert not any(gc.is_tracked(entry) for entry in schedule)
