@@ -28,12 +28,14 @@ from store.worklist import (
     sites_for,
     surgeon_names,
 )
+from ui.components.render_boundary import RenderBoundary
 from ui.frame import BUTTON, frame, receipt_badge
 from ui.offloop import off_loop
 from ui.session import BrowserSession, current_session, current_station, require_actor
 
 INPUT = "w-full text-lg"
 DAY_WORDS = ("Yesterday", "Today", "Tomorrow")
+PAGE_ITEMS = 20  # treatments and orders drawn per day at first, and per "show more"
 
 
 @ui.page("/")
@@ -113,8 +115,34 @@ class TodayPage:
                     ui.label(f"{word}, {day:%A %d %B %Y}").classes("text-xl font-semibold")
                     if not on_day:
                         ui.label("Nothing scheduled or recorded.").classes("text-lg text-slate-500")
-                    for item in on_day:
-                        self._item(item)
+                    else:
+                        self._day_items(word.lower(), on_day)
+
+    def _day_items(self, word: str, items: list[WorkItem]) -> None:
+        """The first `PAGE_ITEMS` of a day, then a button that shows the next ones.
+
+        A day with hundreds of orders (a station that holds a whole hospital's schedule) would otherwise
+        draw thousands of elements at once and free them all again when the page closes: about 300 ms
+        of the station's event loop each time, and a long garbage-collector pass (docs/performance.md).
+        """
+        with RenderBoundary().classes("w-full"):  # "show more" re-renders this day only, in the browser
+            shown = ui.column().classes("w-full gap-2")
+        more = ui.button(icon="expand_more").props(f"flat size=lg no-caps data-testid=more-{word}")
+        more.classes(BUTTON)
+        drawn = 0
+
+        def show_more() -> None:
+            nonlocal drawn
+            with shown:
+                for item in items[drawn : drawn + PAGE_ITEMS]:
+                    self._item(item)
+            drawn = min(len(items), drawn + PAGE_ITEMS)
+            left = len(items) - drawn
+            more.text = f"Show {min(left, PAGE_ITEMS)} more ({left} not shown)"
+            more.set_visibility(left > 0)
+
+        more.on_click(show_more)
+        show_more()
 
     def _item(self, item: WorkItem) -> None:
         card = ui.card().classes("w-full").props(f"data-testid=item-{item.treatment_id or item.order_name}")

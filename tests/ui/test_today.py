@@ -13,9 +13,10 @@ from sqlalchemy import select
 from store.engine import read_transaction
 from store.guards import TREATMENTS
 from store.station import Station
+from store.treatments import EmergencyPatient, start_insertion
 from tests.ui.helpers_pages import by_testid, has_testid
 from tests.ui.test_login import WAIT
-from tests.utils.data import TODAY, FakeClock
+from tests.utils.data import NURSE, SITE, TODAY, FakeClock
 from tests.utils.flows import PATHS, S, finalised_insertion, insertion, move, scan
 
 
@@ -50,6 +51,41 @@ async def test_today_lists_the_three_days_orders_and_the_treatments_with_progres
     assert has_testid(nurse, f"item-{treatment_id}")
     assert not has_testid(nurse, "item-SO2611001")  # started: listed once, as the treatment
     assert has_testid(nurse, "item-SO2611004")
+
+
+async def test_a_busy_day_shows_its_first_twenty_and_the_rest_on_request(
+    nurse: User, station: Station
+) -> None:
+    for n in range(25):  # 25 treatments today, then the day's 4 orders not started: 29 in all
+        start_insertion(
+            station,
+            NURSE,
+            site=SITE,
+            day=TODAY,
+            surgeon="Dr. Gold",
+            emergency=EmergencyPatient(subject_id=f"MRN-{n:02d}", patient_label=f"Busy, Patient {n:02d}"),
+        )
+    await nurse.open("/today")
+    await nurse.should_see("Show 9 more (9 not shown)", retries=WAIT)
+    assert len(items_of(nurse, "day-today")) == 20  # ui.today.PAGE_ITEMS
+    await nurse.should_not_see("Cohen, Miriam")  # an order: listed after the treatments
+    await nurse.should_see("Levi, Amir")  # tomorrow's single order is shown in full
+    assert not has_testid(nurse, "more-tomorrow")
+    by_testid(nurse, "more-today").click()
+    await nurse.should_see("Cohen, Miriam", retries=WAIT)
+    assert len(items_of(nurse, "day-today")) == 29
+    assert not has_testid(nurse, "more-today")  # nothing left to show
+
+
+def items_of(user: User, day: str) -> set[str]:
+    """The test ids of the items listed under one day."""
+    assert user.client is not None
+    return {
+        str(e.props["data-testid"])
+        for e in user.client.elements.values()
+        if str(e.props.get("data-testid", "")).startswith("item-")
+        and any(a.props.get("data-testid") == day for a in e.ancestors())
+    }
 
 
 async def test_an_insertion_starts_from_the_days_order_and_opens_on_its_patient(
