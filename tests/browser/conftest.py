@@ -65,7 +65,7 @@ class World:
         return self.orders.pop(0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     folder = tmp_path_factory.mktemp("browser-world")
     today = datetime.now(UTC).date()  # the station's zone is UTC unless configured
@@ -117,13 +117,15 @@ def no_server_errors(world: World) -> Iterator[None]:
 
 
 # --- the browser -----------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps its event loop marked as running in the main
+# thread while it lives, which would break every asyncio test collected after this package.
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         message = f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run installs it)"
@@ -140,7 +142,7 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 Shoot = Callable[[Page, str], Path]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def shoot() -> Shoot:
     """Save what the screen shows as `<name>.png` (the viewport: what a clinician sees at once)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -154,7 +156,7 @@ def shoot() -> Shoot:
     return save
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def signed_in(world: World, browser: Browser, shoot: Shoot) -> dict[str, Any]:
     """The nurse signs in online, as she would: her e-mail, the code the cloud sent, a PIN for offline.
 
