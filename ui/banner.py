@@ -38,24 +38,42 @@ PRIORITY_TEXT = {
 
 
 def sync_banner() -> None:
-    """Draw the banner and keep it current while the page is open."""
-    with ui.row().classes("items-center gap-3 flex-wrap").props("data-testid=sync-banner") as row:
+    """Draw the banner and keep it current while the page is open.
+
+    It fits one header line on a 1280 px OR laptop: the connection chip, then two lines of text (what
+    waits and what needs a person; the clock, the validation data and the last sync, smaller), then
+    "Sync now". The text lines never wrap; when a long warning does not fit, it is cut with an ellipsis
+    and said in full in its tooltip, and the header keeps its height (the patient bar never moves).
+    """
+    with (
+        ui.row()
+        .classes("items-center gap-3 flex-nowrap min-w-0 flex-1")
+        .props("data-testid=sync-banner") as row
+    ):
         state = ui.chip("Checking the connection…", icon="cloud_sync", color="grey-7").props(
             "data-testid=banner-connectivity text-color=white"
         )
-        waiting = ui.label("").classes("text-base").props("data-testid=banner-waiting")
-        last = ui.label("").classes("text-base").props("data-testid=banner-last-sync")
-        clock = ui.label("").classes("text-base").props("data-testid=banner-clock")
-        cache = ui.label("").classes("text-base").props("data-testid=banner-cache")
-        review = (
-            ui.link("", "/review")
-            .classes("text-base font-bold text-yellow-300")
-            .props("data-testid=banner-needs-person")
-        )
+        state.classes("shrink-0")
+        with ui.column().classes("gap-0 min-w-0 flex-1 leading-tight"):
+            with ui.row().classes("items-baseline gap-3 flex-nowrap min-w-0 w-full"):
+                waiting = (
+                    ui.label("").classes("text-base truncate min-w-0").props("data-testid=banner-waiting")
+                )
+                review = (
+                    ui.link("", "/review")
+                    .classes("text-base font-bold text-yellow-300 whitespace-nowrap shrink-0")
+                    .props("data-testid=banner-needs-person")
+                )
+            with ui.row().classes("items-baseline gap-3 flex-nowrap min-w-0 w-full text-sm"):
+                clock = ui.label("").classes("whitespace-nowrap shrink-0").props("data-testid=banner-clock")
+                cache = ui.label("").classes("truncate min-w-0").props("data-testid=banner-cache")
+                last = (
+                    ui.label("").classes("whitespace-nowrap shrink-0").props("data-testid=banner-last-sync")
+                )
         sync_button = ui.button("Sync now", icon="sync").props(
-            "data-testid=sync-now color=white text-color=black"
+            "data-testid=sync-now color=white text-color=black no-caps"
         )
-        sync_button.classes("text-base min-h-[44px]")
+        sync_button.classes("text-base min-h-[44px] shrink-0")
 
     async def refresh() -> None:
         status = await read_status()
@@ -113,16 +131,16 @@ def _show(
     text, color, icon = CONNECTIVITY_TEXT.get(str(status.connectivity), CONNECTIVITY_TEXT["unknown"])
     state.text = text
     state.props(f"color={color} icon={icon}")
-    waiting.text = _waiting_text(status)
-    waiting.props(f'title="{_waiting_detail(status)}"')
-    last.text = f"Last sync: {_local(status.last_success_at)}"
+    _set_text(waiting, _waiting_text(status), title=_waiting_detail(status))
+    _set_text(last, f"Last sync: {_local(status.last_success_at)}")
     if status.clock_offset_ms is None:
-        clock.text = "Clock: not checked yet"
+        _set_text(clock, "Clock: not checked yet")
     elif status.clock_unreliable:
-        clock.text = f"Clock off by {abs(status.clock_offset_ms) / 1000:.0f} s: check the laptop's time"
+        _set_text(clock, f"Clock off by {abs(status.clock_offset_ms) / 1000:.0f} s: check the laptop's time")
     else:
-        clock.text = "Clock OK"
-    cache.text = _cache_text(status)
+        _set_text(clock, "Clock OK")
+    cache_text = _cache_text(status)
+    _set_text(cache, cache_text, title=cache_text)  # the tooltip says it in full when it is cut
     if status.needs_person:
         review.text = f"{status.needs_person} need a person"
         review.set_visibility(True)
@@ -130,6 +148,14 @@ def _show(
         review.text = ""
         review.set_visibility(False)
     sync_button.set_visibility(str(status.connectivity) != "not_linked")
+
+
+def _set_text(label: ui.label, text: str, *, title: str | None = None) -> None:
+    """Change a label only when its text changes: every refresh (3 s) would otherwise send it again."""
+    if label.text != text:
+        label.text = text
+    if title is not None and label.props.get("title") != title:
+        label.props(f'title="{title}"')
 
 
 def _waiting_text(status: "BannerStatus") -> str:

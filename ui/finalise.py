@@ -3,7 +3,8 @@
 The checks shown are the store's own (`lookups.finalise_problems` runs the very checks that
 `finalise_treatment` runs), each refusal in its words. A hospital user signs for themselves: online
 with a confirmation, name and position; with no connection to the cloud by re-entering the PIN, and
-the treatment then says "signed offline, awaiting cloud confirmation" until the cloud accepts it.
+the treatment then says "signed offline, awaiting cloud confirmation" until the cloud accepts it. A
+signed treatment shows its receipt (saved here, sent, confirmed by the cloud) beside its signature.
 """
 
 from typing import Any
@@ -19,11 +20,12 @@ from store.treatments import finalise_treatment
 from sync.monitor import Connectivity
 from ui.banner import read_status
 from ui.components.notice import Notice
-from ui.frame import BUTTON, frame
+from ui.frame import BUTTON, frame, receipt_badge
 from ui.reports import download_buttons
 from ui.session import current_station, require_actor
 
 AWAITING_TEXT = "Signed offline, awaiting cloud confirmation"
+SIGNED_TEXT = "Signed and saved here"
 
 
 @ui.page("/finalise/{treatment_id}")
@@ -169,9 +171,13 @@ class FinalisePage:
             ui.label(f"Signed by {t['signer_name']} ({position}) on {signed_at:%d %b %Y %H:%M}").classes(
                 "text-lg"
             ).props("data-testid=signed-by")
-            ui.label(AWAITING_TEXT if awaiting else "Signature confirmed").classes(
-                "text-lg font-bold " + ("text-amber-800" if awaiting else "text-green-800")
-            ).props("data-testid=signature-status")
+            with ui.row().classes("items-center gap-3"):
+                # A signature made online is saved here first and reaches the cloud with the next sync:
+                # the page says what is true now, and the receipt says when the cloud has confirmed it.
+                ui.label(AWAITING_TEXT if awaiting else SIGNED_TEXT).classes(
+                    "text-lg font-bold " + ("text-amber-800" if awaiting else "text-green-800")
+                ).props("data-testid=signature-status")
+                receipt_badge("treatments", t["id"])
         with ui.row().classes("gap-4"):
             ui.button(
                 "View the record", icon="visibility", on_click=lambda: ui.navigate.to(self.back_path)

@@ -51,18 +51,20 @@ def frame(title: str, *, treatment: Mapping[str, Any] | None = None) -> Iterator
     signed_in = session is not None and session.actor is not None
     cover = lock.lock_screen(session) if session is not None and signed_in else None
     header = ui.header(elevated=True).classes("flex-col gap-0 p-0 bg-slate-800 text-white")
-    with header, ui.row().classes("w-full items-center gap-4 px-4 py-2 flex-wrap"):
-        ui.link("Today", "/today").classes("text-white text-lg no-underline font-bold").props(
+    # One line that never wraps, down to a 1280 px OR laptop: a wrapped header would push the patient
+    # bar down; the banner in the middle gives up width first (ui/banner.py).
+    keep = "whitespace-nowrap shrink-0"
+    with header, ui.row().classes("w-full items-center gap-3 px-4 py-2 flex-nowrap"):
+        ui.link("Today", "/today").classes(f"text-white text-lg no-underline font-bold {keep}").props(
             "data-testid=nav-today"
         )
-        ui.label(title).classes("text-2xl font-semibold").props("data-testid=page-title")
+        ui.label(title).classes(f"text-2xl font-semibold {keep}").props("data-testid=page-title")
         site = (treatment or {}).get("site") or (session.site if session else None)
         if site:
-            ui.label(f"Site {site}").classes("text-lg").props("data-testid=header-site")
-        ui.space()
+            ui.label(f"Site {site}").classes(f"text-lg {keep}").props("data-testid=header-site")
         banner.sync_banner()
         if session is not None and session.actor is not None:
-            ui.label(session.actor.name).classes("text-lg").props("data-testid=header-user")
+            ui.label(session.actor.name).classes(f"text-lg {keep}").props("data-testid=header-user")
             if session.mode is not None and session.mode.value == "emergency":
                 ui.badge("Emergency access", color="red").classes("text-base")
             assert cover is not None

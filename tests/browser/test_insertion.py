@@ -3,7 +3,7 @@
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import Shoot, World
+from tests.browser.conftest import VIEWPORT, Shoot, World
 from tests.browser.labels import label, labels, row
 from tests.browser.pages import (
     LOADED_WORKFLOW,
@@ -21,6 +21,7 @@ from tests.browser.pages import row as applicator_row
 pytestmark = pytest.mark.postgres  # and the system Chromium
 
 SURGEON = "Dr. Shira Biton"
+ONE_HEADER_LINE_PX = 64  # 44 px controls and the row's padding; a wrapped header is twice that
 
 
 def test_a_whole_insertion_scanned_at_the_keyboard_finalised_and_its_pdf(
@@ -40,6 +41,15 @@ def test_a_whole_insertion_scanned_at_the_keyboard_finalised_and_its_pdf(
     expect(by_id(page, "progress-seeds")).to_have_text(
         f"Seeds deployed: 0 of {order.planned_seeds} planned (0%)"
     )
+    # On the narrowest OR laptop (1280 px) the header is one line, the patient bar right under it.
+    page.set_viewport_size({"width": 1280, "height": 800})
+    expect(by_id(page, "banner-connectivity")).to_contain_text("Online")
+    bar = by_id(page, "patient-bar").bounding_box()
+    assert bar is not None and bar["y"] <= ONE_HEADER_LINE_PX, f"the header wrapped: patient bar at {bar}"
+    for control in ("nav-today", "sync-now", "lock-now", "header-user"):
+        box = by_id(page, control).bounding_box()
+        assert box is not None and box["y"] + box["height"] <= bar["y"], f"{control} is below the header"
+    page.set_viewport_size(VIEWPORT)
 
     # Three applicators of the patient's order, each label framed as a real scanner frames it.
     for raw, applicator in zip(labels([first, second, third]), (first, second, third), strict=True):

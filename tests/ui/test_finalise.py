@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from nicegui.testing import User
 
-from store import lookups
+from store import lookups, remote
 from store.enums import ApplicatorStatus, SignatureMode
 from store.removal import fill_removal_form, remove_applicator
 from store.station import Station, open_station
@@ -157,7 +157,11 @@ async def test_a_finalised_treatment_shows_its_signature_and_no_signing(
     treatment_id = ready_insertion(app_station)
     finalise_treatment(app_station, NURSE, treatment_id=treatment_id, mode=SignatureMode.SELF)
     await open_finalise(clinician, treatment_id)
-    assert text_of(clinician, "signature-status") == "Signature confirmed"
+    # Signed on a station with no cloud: saved here, and nothing claims the cloud has it.
+    assert text_of(clinician, "signature-status") == "Signed and saved here"
+    await clinician.should_see("Saved here", retries=WAIT)
+    assert text_of(clinician, f"receipt-{treatment_id}") == "Saved here"
+    await clinician.should_not_see("Confirmed by the cloud")
     assert not has_testid(clinician, "sign")
 
 
@@ -193,6 +197,12 @@ async def test_online_the_nurse_signs_with_her_name_and_position(
     assert text_of(linked_user, "signing-mode").startswith("Online: the cloud is reachable")
     assert not has_testid(linked_user, "sign-pin")
     await sign(linked_user, pin=None)
-    await linked_user.should_see("Signature confirmed", retries=WAIT)
+    # Signed and saved here; the cloud's confirmation is the receipt's to tell, once the sync took it.
+    await linked_user.should_see("Signed and saved here", retries=WAIT)
     saved = treatment(await station_started(), online_treatment)
     assert saved["signature_mode"] == SignatureMode.SELF.value and saved["signature_status"] == "confirmed"
+    by_testid(linked_user, "sync-now").click()
+    await linked_user.should_see("Confirmed by the cloud", retries=WAIT * 3)
+    assert text_of(linked_user, f"receipt-{online_treatment}") == "Confirmed by the cloud"
+    assert text_of(linked_user, "signature-status") == "Signed and saved here"
+    assert not remote.open_entries(await station_started())
