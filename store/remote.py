@@ -638,6 +638,9 @@ def record_results(
     return counts
 
 
+_STAMPS = ("id", "cloud_version", "hlc", "updated_at")
+
+
 def _follow_cloud_stamps(
     conn: Connection,
     entry: Mapping[str, Any],
@@ -647,10 +650,14 @@ def _follow_cloud_stamps(
     """The record's stamps (hlc, updated_at) as the cloud set them when this entry made the next
     version of the version this row mirrors: the later of the record's and the entry's
     (cloud/push.py). Any other version was made by someone else too: the next pull brings it."""
-    table = TABLES[entry["table_name"]]
-    row = _load(conn, table, entry["record_id"])
-    if row is None or version is None:
+    if version is None:
         return
+    table = TABLES[entry["table_name"]]
+    # Only the stamps it compares: most entries of a catch-up are updates (docs/performance.md).
+    rows = codec(table).select(conn, "id = ?", (entry["record_id"],), _STAMPS)
+    if not rows:
+        return
+    row = rows[0]
     key = (table.name, row["id"])
     mirrored = versions.setdefault(key, row["cloud_version"])
     if mirrored is None or version != mirrored + 1:
