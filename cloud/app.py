@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select, text
 from cloud.config import CloudSettings
 from cloud.db import make_engine
 from cloud.jobs import start_jobs
-from cloud.routes import audit_upload, auth, devices, sync
+from cloud.routes import audit_upload, auth, devices, signing, sync
 from cloud.schema import priority_refresh
 
 API_PREFIX = "/api/v1"
@@ -70,6 +70,9 @@ def create_app(settings: CloudSettings, *, engine: Engine | None = None, run_job
     app.include_router(devices.router, prefix=f"{API_PREFIX}/devices", tags=["devices"], responses=PROBLEMS)
     app.include_router(sync.router, prefix=f"{API_PREFIX}/sync", tags=["sync"], responses=PROBLEMS)
     app.include_router(audit_upload.router, prefix=f"{API_PREFIX}/audit", tags=["audit"], responses=PROBLEMS)
+    app.include_router(
+        signing.router, prefix=f"{API_PREFIX}/signing-codes", tags=["signing"], responses=PROBLEMS
+    )
 
     @app.get("/health", response_model=HealthReply)
     def health(request: Request) -> HealthReply:

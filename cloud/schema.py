@@ -55,6 +55,7 @@ HOSPITAL_TABLES = (
     "priority_orders",
     "priority_applicators",
     "writeback_queue",
+    "signing_codes",
 )
 
 
@@ -285,6 +286,27 @@ station_audit = Table(
     UniqueConstraint("site", "device_id", "device_seq"),
     Index("ix_station_audit_device_id_device_seq", "device_id", "device_seq"),
     Index("ix_station_audit_site_action", "site", "action"),
+)
+
+# Signing codes (cloud/auth/signing.py): an Alpha Tau user chose a signer from a site's staff for one
+# treatment; the code (hashed, never kept) reached the signer. A hospital table: keyed by site.
+signing_codes = Table(
+    "signing_codes",
+    cloud_metadata,
+    Column("site", String(64), nullable=False),
+    Column("id", String(36), nullable=False),
+    Column("treatment_id", String(36), nullable=False),
+    Column("signer_id", String(64), nullable=False),  # a hospital user of the site (users.id)
+    Column("requested_by", String(64), nullable=False),  # the alphatau or admin user who asked
+    Column("device_id", String(64), nullable=False),  # the station the code is entered on
+    Column("code_hash", Text, nullable=False),
+    Column("channel", String(8), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("expires_at", DateTime(timezone=True), nullable=False),  # set to "now" when voided
+    Column("used_at", DateTime(timezone=True)),
+    _now(),
+    PrimaryKeyConstraint("site", "id"),
+    Index("ix_signing_codes_treatment_id", "treatment_id"),
 )
 
 # --- what the cloud last read from Priority (hospital tables too: they name patients)

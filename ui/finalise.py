@@ -14,11 +14,13 @@ from nicegui import run, ui
 from store import lookups
 from store.enums import Role, SignatureMode, SignatureStatus, TreatmentType
 from store.errors import StoreError
+from store.journal import Change
 from store.sign_in import check_user_pin
 from store.station import Actor, Station
 from store.treatments import finalise_treatment
 from sync.monitor import Connectivity
 from ui.banner import read_status
+from ui.code_signing import CodeSigning, requester_note
 from ui.components.notice import Notice
 from ui.frame import BUTTON, frame, receipt_badge
 from ui.reports import download_buttons
@@ -87,10 +89,15 @@ class FinalisePage:
                         "data-testid=finalise-ready"
                     )
         if self.actor.role != Role.HOSPITAL:
-            ui.label(
-                "A hospital user signs this treatment. An Alpha Tau user chooses a signer who confirms "
-                "with a code sent by the cloud; that signing is not available on this station."
-            ).classes("text-lg").props("data-testid=sign-not-here")
+            # Alpha Tau and admin never sign for themselves: they choose a signer, who signs with a code.
+            CodeSigning(
+                self.station,
+                self.actor,
+                self.treatment,
+                online=self.online,
+                notice=self.notice,
+                on_signed=self._signed,
+            )
             return
         self._draw_signing()
 
@@ -152,6 +159,9 @@ class FinalisePage:
                 self.pin.value = ""
             self.notice.stop("Not finalised", refusal.message)
             return
+        self._signed(change)
+
+    def _signed(self, change: Change) -> None:
         self.treatment = {**self.treatment, **change.record}
         self.notice.done("Finalised and signed", "The treatment is locked.")
         self.body.clear()
@@ -178,6 +188,8 @@ class FinalisePage:
                     "text-lg font-bold " + ("text-amber-800" if awaiting else "text-green-800")
                 ).props("data-testid=signature-status")
                 receipt_badge("treatments", t["id"])
+            if t["signature_mode"] == SignatureMode.CODE.value:
+                requester_note(self.station, t)
         with ui.row().classes("gap-4"):
             ui.button(
                 "View the record", icon="visibility", on_click=lambda: ui.navigate.to(self.back_path)

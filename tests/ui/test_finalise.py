@@ -142,13 +142,18 @@ async def test_the_signature_carries_the_name_and_position_entered(
     assert treatment(app_station, treatment_id)["signer_position"] == "Head nurse, surgery"
 
 
-async def test_an_alpha_tau_user_is_told_a_hospital_user_signs(user: User, app_station: Station) -> None:
+async def test_an_alpha_tau_user_offline_is_told_signing_by_code_needs_the_cloud(
+    user: User, app_station: Station
+) -> None:
     treatment_id = ready_insertion(app_station)
     await sign_in_with_pin(user, ALPHATAU_EMAIL, ALPHATAU_PIN)
     await user.should_see("Noa Alpha", retries=50)
     await open_finalise(user, treatment_id)
-    assert "A hospital user signs this treatment." in text_of(user, "sign-not-here")
-    assert not has_testid(user, "sign")
+    assert text_of(user, "sign-code-unavailable") == (
+        "Signing by code needs the cloud, and it cannot be reached from here. The hospital user can sign "
+        "offline with their PIN."
+    )
+    assert not has_testid(user, "sign") and not has_testid(user, "send-code")
 
 
 async def test_a_finalised_treatment_shows_its_signature_and_no_signing(
