@@ -14,7 +14,7 @@ from typing import Any
 
 from nicegui import ui
 
-from store import resolution
+from store import quarantine, resolution
 from store.errors import StoreError
 from store.pulled_resolutions import PAIR_RULES
 from store.resolution import AwaitingConflict, conflicts_awaiting
@@ -126,8 +126,28 @@ class ReviewPage:
                 ui.label(f"Code {change.code} · {change.attempts} attempt(s)").classes("text-base")
             ui.label(
                 "It stays on this station and holds back only the changes that depend on it. "
-                "Call Alpha Tau support to reconcile it with the cloud."
+                "When its cause was fixed elsewhere, send it again; otherwise call Alpha Tau support."
             ).classes("text-base")
+            reason = ui.input("Why send it again? (recorded)").props(
+                f"outlined data-testid=reason-{change.op_id}"
+            )
+            reason.classes("w-full text-lg")
+            ui.button("Send again", on_click=lambda: self._send_again(change, reason)).props(
+                f"size=lg data-testid=send-again-{change.op_id}"
+            ).classes(BUTTON)
+
+    async def _send_again(self, change: HeldChange, reason: ui.input) -> None:
+        reason.error = None
+        if not (reason.value or "").strip():
+            reason.error = "Give the reason for sending it again: it is recorded with it."
+            return
+        try:
+            await off_loop(quarantine.send_again, self.station, self.actor, change.op_id, reason.value)
+        except StoreError as refusal:
+            reason.error = refusal.message
+            return
+        ui.notify("Back in the queue; it goes to the cloud with the next sync.", type="positive")
+        await self.refresh()
 
     async def _resolve(
         self,
