@@ -26,6 +26,8 @@ the answer is the one the savepoints alone would give. Per operation:
 2. the site must be one the device syncs (`site_not_allowed`, one message whether or not the
    site exists);
 3. depends_on: every operation named must have taken effect earlier in the batch or before;
+   a treatment finalised with a signature by code must name a signer and requester whose signing
+   code for it the cloud verified (`signature_unverified`: a station cannot forge one);
 4. insert / update / delete: an insert is checked for one serial in two treatments (invariant 9)
    and re-checked against Priority's inventory; an update is merged field by field with the
    conflict rules of sync/rules.py; a delete is soft;
@@ -60,7 +62,7 @@ from cloud.push_writes import Planned, write_batch
 from cloud.resolutions import settle as settle_resolution
 from cloud.schema import applicator_packages, applicators, removed_seeds, treatments
 from store.crypto import PatientCipher
-from store.enums import ApplicatorStatus
+from store.enums import ApplicatorStatus, SignatureMode
 from sync.protocol import (
     RETRYABLE_CODES,
     Code,
@@ -93,6 +95,8 @@ TERMINAL = frozenset(s.value for s in ApplicatorStatus if s.is_terminal)
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock, serialisation failure
 BATCH_ATTEMPTS = 3
 INCIDENT_NAMESPACE = uuid.UUID("6f1c7a52-93b4-4c0e-9a57-2d1f0e4b8c11")
+# A treatment change touching one of these is (re-)signing it: checked when the mode is `code`.
+SIGNATURE_FIELDS = frozenset({"is_complete", "signature_mode", "signed_by_user_id", "completed_by"})
 
 # One statement: the uncorrelated subquery is an InitPlan that PostgreSQL evaluates in a one-time
 # filter before the first row is produced, so the lock is held before any sequence number is
@@ -365,9 +369,12 @@ class _Batch:
         serials: list[str] = []
         inventory: list[tuple[str, str]] = []
         ledger: list[str] = []
+        signed: list[tuple[str, str]] = []
         for op in ops:
             ledger.append(op.op_id)
             ledger += op.depends_on
+            if _code_signature(op) is not None:
+                signed.append((op.site, op.record_id))
             if _writes_now(op):
                 continue  # reads its own rows (cloud/resolutions.py, cloud/incidents.py)
             if op.kind != "insert":
@@ -392,7 +399,7 @@ class _Batch:
             if treatment_id:
                 existing.append(("treatments", op.site, str(treatment_id)))
             inventory.append((op.site, line_serial(row.data)))
-        self.view.read(rows=existing, ledger=ledger, inventory=inventory, serials=serials)
+        self.view.read(rows=existing, ledger=ledger, inventory=inventory, serials=serials, signed=signed)
 
     # --- deciding one operation ---------------------------------------------------------------
     def _admissible(self, op: Operation) -> bool:
@@ -413,6 +420,7 @@ class _Batch:
         if stored is not None:
             return _duplicate(op, stored)
         self._require_dependencies(op)
+        self._require_verified_signature(op)
         # A person's decision is recorded before its values merge; a second decision is refused
         # (cloud/resolutions.py). An incident a station reports is kept once (cloud/incidents.py).
         # Both write as they decide, so their batches go one operation at a time (_writes_now).
@@ -443,6 +451,23 @@ class _Batch:
         # Took effect in an earlier batch: a ledger result never changes, so the next op that
         # depends on them (the rest of a treatment) need not ask again.
         self.effective.update(found)
+
+    def _require_verified_signature(self, op: Operation) -> None:
+        """A signature by code is the cloud's to vouch for: the signer and requester the change names
+        must be those of a signing code for this treatment that the cloud verified (marked used)."""
+        signature = _code_signature(op)
+        if signature is None:
+            return
+        signer, requester = signature
+        if (signer, requester) in self.view.code_signatures(op.site, op.record_id):
+            return
+        raise _Rejected(
+            Code.SIGNATURE_UNVERIFIED,
+            f"Treatment {op.record_id} is finalised with a signature by code, but the cloud verified no "
+            f"signing code for it signed by {signer or '(no signer)'} at the request of "
+            f"{requester or '(no requester)'}. Nothing was applied; the finalisation waits in "
+            "quarantine for a person to check.",
+        )
 
     # --- insert ------------------------------------------------------------------------------
     def _insert(self, op: Operation) -> _Effect:
@@ -787,6 +812,27 @@ class _Batch:
 def _writes_now(op: Operation) -> bool:
     """An op whose handler writes as it decides: a person's resolution, a station's incident."""
     return op.resolution is not None or op.table == "incidents"
+
+
+def _code_signature(op: Operation) -> tuple[str | None, str | None] | None:
+    """(signer, requester) when the op finalises or re-signs a treatment with a signature by code."""
+    if op.table != "treatments" or op.kind == "delete":
+        return None
+    if op.kind == "update" and not SIGNATURE_FIELDS & op.changed.keys():
+        return None  # a later change that leaves the signature alone
+
+    def after(name: str) -> Any:
+        # What the cloud would store: the changed value where the op names one (sync/rules.py merges
+        # `changed`), else the record the op carries.
+        return op.changed[name][1] if name in op.changed else op.payload.get(name)
+
+    # Anything but an explicit "not complete" counts as finalising: a forged value must not slip by.
+    if after("is_complete") in (None, False, 0, "", "false"):
+        return None
+    if str(after("signature_mode") or "").strip().lower() != SignatureMode.CODE.value:
+        return None
+    signer, requester = after("signed_by_user_id"), after("completed_by")
+    return (None if signer is None else str(signer), None if requester is None else str(requester))
 
 
 def _duplicate(op: Operation, stored: dict[str, Any]) -> _Effect:

@@ -98,6 +98,8 @@ class BatchView:
         self._serials: dict[str, list[SerialUse]] = {}  # locked serial -> its live rows as read
         self._inventory: dict[tuple[str, str], Inventory] = {}
         self._roles: dict[str, str | None] = {}
+        # (site, treatment id) -> the (signer, requester) pairs of its USED signing codes
+        self._signed: dict[tuple[str, str], frozenset[tuple[str, str]]] = {}
 
     # --- reading (ahead, or when first asked) ------------------------------------------------
     def lock(self, rows: Iterable[Key] = (), serials: Iterable[str] = ()) -> None:
@@ -121,15 +123,18 @@ class BatchView:
         ledger: Iterable[str] = (),
         inventory: Iterable[tuple[str, str]] = (),
         serials: Iterable[str] = (),
+        signed: Iterable[tuple[str, str]] = (),
     ) -> None:
         """ONE statement: what is not known yet of records (without a lock: existence, a
-        treatment's fields), this device's ledger, the inventory of (site, serial) pairs, and the
-        live rows of serials (locked first: see the module docstring)."""
+        treatment's fields), this device's ledger, the inventory of (site, serial) pairs, the
+        live rows of serials (locked first: see the module docstring), and the used signing codes
+        of (site, treatment id) pairs."""
         row_keys = sorted({k for k in rows if k not in self._rows})
         op_ids = sorted({i for i in ledger if i not in self._ledger})
         pairs = sorted({p for p in inventory if p not in self._inventory})
         serial_list = sorted({s for s in serials if s not in self._serials})
-        if not (row_keys or op_ids or pairs or serial_list):
+        signed_list = sorted({t for t in signed if t not in self._signed})
+        if not (row_keys or op_ids or pairs or serial_list or signed_list):
             return
         self.lock(serials=serial_list)
         params: dict[str, Any] = {
@@ -140,8 +145,10 @@ class BatchView:
             "inventory_serials": [p[1] for p in pairs],
             "use_serials": serial_list,
             "use_sites": sorted(self.scope.sites),
+            "signed_sites": [t[0] for t in signed_list],
+            "signed_treatments": [t[1] for t in signed_list],
         }
-        *found_rows, stored, inventory, uses = self.conn.execute(
+        *found_rows, stored, inventory, uses, codes = self.conn.execute(
             _READ[not self.scope.all_sites], params
         ).one()
         for table, found in zip(CLINICAL_TABLES, found_rows, strict=True):
@@ -155,6 +162,10 @@ class BatchView:
         for serial, *use in uses or []:
             by_serial[serial].append(SerialUse(*use))
         self._serials.update(by_serial)
+        by_treatment: dict[tuple[str, str], set[tuple[str, str]]] = {t: set() for t in signed_list}
+        for site, treatment_id, signer_id, requested_by in codes or []:
+            by_treatment[(site, treatment_id)].add((signer_id, requested_by))
+        self._signed.update({t: frozenset(pairs) for t, pairs in by_treatment.items()})
 
     # --- asking ------------------------------------------------------------------------------
     def row(self, table: str, site: str, record_id: str) -> Row | None:
@@ -201,6 +212,13 @@ class BatchView:
         if (site, serial) not in self._inventory:
             self.read(inventory=[(site, serial)])
         return self._inventory[(site, serial)]
+
+    def code_signatures(self, site: str, treatment_id: str) -> frozenset[tuple[str, str]]:
+        """The (signer, requester) of every signing code of the treatment that was used: each one
+        a signature the cloud verified (cloud/auth/signing.py)."""
+        if (site, treatment_id) not in self._signed:
+            self.read(signed=[(site, treatment_id)])
+        return self._signed[(site, treatment_id)]
 
     def role(self, user_id: str) -> str | None:
         if user_id not in self._roles:
@@ -333,7 +351,14 @@ def _read_statement(scoped: bool) -> Any:
         "WHERE t.site = o.site AND t.id = o.treatment_id) AS p ON true "
         f"WHERE o.serial_number = ANY(CAST(:use_serials AS text[])) {sites}AND NOT o.deleted)"
     )
-    return text(f"SELECT {', '.join([*rows, ledger, inventory, uses])}")
+    # The used codes of each (site, treatment): a code-signed finalise must name one of them.
+    codes = (
+        "(SELECT json_agg(json_build_array(c.site, c.treatment_id, c.signer_id, c.requested_by)) "
+        "FROM unnest(CAST(:signed_sites AS text[]), CAST(:signed_treatments AS text[])) "
+        "AS k(site, treatment_id) JOIN signing_codes AS c "
+        "ON c.treatment_id = k.treatment_id AND c.site = k.site WHERE c.used_at IS NOT NULL)"
+    )
+    return text(f"SELECT {', '.join([*rows, ledger, inventory, uses, codes])}")
 
 
 _LOCK = _lock_statement()

@@ -72,6 +72,7 @@ class Code(StrEnum):
     RECORD_EXISTS = "record_exists"  # insert of an id that already exists at the site
     STORE_FAILED = "store_failed"  # the database refused the change; nothing was applied
     ALREADY_RESOLVED = "already_resolved"  # another person resolved the conflict first; nothing applied
+    SIGNATURE_UNVERIFIED = "signature_unverified"  # signed by code, but the cloud verified no such code
 
 
 # Rejections that may succeed later without any change on the station: never written to the
