@@ -23,9 +23,18 @@ from store.journal import transaction
 from store.models import SyncQueueEntry
 from store.resolution import _require_site as require_site
 from store.station import Actor, Station
+from sync.protocol import Code
 
 QUEUE = SyncQueueEntry.__table__
 HELD = (QueueStatus.QUARANTINED.value, QueueStatus.NEEDS_PERSON.value)
+# Refusals only the cloud gives and keeps in its ledger for good: the same op id would get the same
+# answer however often it is sent, so "send again" would only pretend to help.
+FINAL_IN_CLOUD = frozenset({Code.RECORD_EXISTS, Code.ALREADY_RESOLVED, Code.SIGNATURE_UNVERIFIED})
+
+
+def can_send_again(code: str | None) -> bool:
+    """Whether sending a held change again can change the cloud's answer (the page hides the button)."""
+    return code not in FINAL_IN_CLOUD
 
 
 def send_again(station: Station, actor: Actor, op_id: str, reason: str) -> None:
@@ -44,6 +53,12 @@ def send_again(station: Station, actor: Actor, op_id: str, reason: str) -> None:
                 field="reason",
             )
         refused = entry["result"] or {}
+        if not can_send_again(refused.get("code")):
+            raise InvalidInput(
+                f"The cloud refused this change for good ({refused.get('code')}): sent again it would get "
+                "the same answer. Nothing was changed; call Alpha Tau support.",
+                field="reason",
+            )
         journal.conn.execute(
             update(QUEUE)
             .where(QUEUE.c.op_id == op_id, QUEUE.c.status == entry["status"])

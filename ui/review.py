@@ -124,6 +124,13 @@ class ReviewPage:
             ui.label(change.message or "No reason was given.").classes("text-lg")
             if change.code:
                 ui.label(f"Code {change.code} · {change.attempts} attempt(s)").classes("text-base")
+            if not quarantine.can_send_again(change.code):
+                ui.label(
+                    "The cloud refused it for good: sending it again would get the same answer. It stays "
+                    "on this station and holds back only the changes that depend on it; call Alpha Tau "
+                    "support."
+                ).classes("text-base")
+                return
             ui.label(
                 "It stays on this station and holds back only the changes that depend on it. "
                 "When its cause was fixed elsewhere, send it again; otherwise call Alpha Tau support."

@@ -10,9 +10,10 @@ from sqlalchemy import select
 from store import remote
 from store.errors import InvalidInput, NotPermitted
 from store.journal import AUDIT, QUEUE, verify_audit_chain
-from store.quarantine import send_again
+from store.quarantine import can_send_again, send_again
 from store.station import Station
-from sync.engine import push_order
+from sync.engine import SyncEngine, push_order
+from sync.protocol import OpResult
 from tests.utils.data import NURSE, OUTSIDER
 from tests.utils.flows import insertion, scan
 
@@ -134,3 +135,19 @@ def test_a_failure_after_the_reset_writes_nothing(station: Station, held: tuple[
     assert _entry(station, treatment_op) == before
     assert len(_audits(station)) == audits
     assert _sendable(station) == set()
+
+
+@pytest.mark.parametrize("code", ["record_exists", "already_resolved", "signature_unverified"])
+def test_a_refusal_the_cloud_keeps_for_good_is_not_sent_again(station: Station, code: str) -> None:
+    insertion(station)
+    [treatment_op] = [e["op_id"] for e in remote.open_entries(station)]
+    entry = _entry(station, treatment_op)
+    answer = OpResult(op_id=treatment_op, status="rejected", code=code, message="refused by the cloud")
+    verdict = SyncEngine(station).verdict(entry, answer, station.now())
+    remote.record_results(station, [verdict], at=station.now())
+    assert _entry(station, treatment_op)["status"] == "quarantined"
+    assert not can_send_again(code)
+    with pytest.raises(InvalidInput, match="refused this change for good"):
+        send_again(station, NURSE, treatment_op, WHY)
+    assert _entry(station, treatment_op)["status"] == "quarantined"
+    assert not [a for a in _audits(station) if a["action"] == "sync_op_sent_again"]
