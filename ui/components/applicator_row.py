@@ -83,12 +83,15 @@ class ApplicatorRow:
                     ui.label(f"{USAGE_TEXT[status.usage.value]}, {a['deployed_seeds']} deployed").classes(
                         "text-lg font-semibold"
                     )
-                ui.space()
+                # Pushed to the right by a margin, not a ui.space(): one element fewer per row (a page of
+                # 200 rows is that many objects fewer for each garbage-collector pass).
                 if a.get("photo_path"):
-                    ui.icon("photo_camera", size="md").props("data-testid=applicator-has-photo").tooltip(
-                        a["photo_path"]
-                    )
-                receipt_badge("applicators", a["id"])
+                    ui.icon("photo_camera", size="md").classes("ml-auto").props(
+                        "data-testid=applicator-has-photo"
+                    ).tooltip(a["photo_path"])
+                    receipt_badge("applicators", a["id"])
+                else:
+                    receipt_badge("applicators", a["id"]).classes("ml-auto")
             details = [
                 a.get("applicator_type"),
                 f"Cat. {a['catalogue_number']}" if a.get("catalogue_number") else None,
