@@ -48,10 +48,6 @@ class ApplicatorList:
         self.rows_in_last += 1
         self.empty.set_visibility(False)
 
-    def rows_newest_first(self) -> list[ui.element]:
-        """The rows in the order they are shown."""
-        return [row for block in reversed(self.blocks) for row in block.default_slot.children]
-
     def _add_blocks(self, count: int) -> None:
         for _ in range(count):
             with self.column:
