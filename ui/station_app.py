@@ -6,7 +6,6 @@ own name to 127.0.0.1 (DNS rebinding) must not be able to read or drive the clin
 """
 
 import importlib
-import importlib.util
 import logging
 import sys
 from collections.abc import Callable, Iterable
@@ -22,13 +21,14 @@ from store.engine import read_transaction
 from store.enums import QueueStatus
 from store.models import SyncQueueEntry, Treatment
 from store.station import Settings, Station, open_station
+from sync.service import SyncService
 from ui import gc_tuning, loop_probe, session
 from ui.offloop import off_loop
 
 log = logging.getLogger(__name__)
 
 SYNC_INTERVAL_S = 30.0
-# The station's own pages, then the clinical pages of issue 5 (each defines its own @ui.page routes).
+# Each page module defines its own @ui.page routes.
 PAGE_MODULES = (
     "ui.login",
     "ui.today",
@@ -85,12 +85,7 @@ def register_station(
 
 
 async def _start_sync(station: Station) -> None:
-    """The background sync (sync/service.py); without it the station still works, offline."""
-    if importlib.util.find_spec("sync.service") is None:
-        log.warning("sync.service is not installed: this station will not sync")
-        return
-    from sync.service import SyncService
-
+    """The background sync (sync/service.py); the station works offline whatever it does."""
     service = SyncService(station, interval_s=SYNC_INTERVAL_S)
     await service.start()
     session.set_sync_service(service)
@@ -102,7 +97,7 @@ def _register_pages() -> None:
     for name in PAGE_MODULES:
         if name in sys.modules:
             importlib.reload(sys.modules[name])
-        elif importlib.util.find_spec(name) is not None:
+        else:
             importlib.import_module(name)
 
 
