@@ -7,10 +7,9 @@ that do not depend on it apply in the same round and in later rounds; an operati
 it waits, unsent, for as long as it stays quarantined.
 """
 
-import uuid
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from cloud.schema import applicators as cloud_applicators
 from cloud.schema import op_ledger
@@ -21,6 +20,7 @@ from tests.cloud import conftest as cloud_fixtures
 from tests.cloud.test_push import Cloud
 from tests.sync import conftest as sync_fixtures
 from tests.sync.conftest import Laptop, LaptopFactory
+from tests.sync.test_engine import copy_as_new_entry
 from tests.utils.data import NURSE
 
 # The sync tests' fixtures, by name: laptops linked to the real cloud over loopback.
@@ -30,21 +30,6 @@ cloud_db, app_engine, owner_engine = (
     cloud_fixtures.owner_engine,
 )
 cloud, clock, laptops = sync_fixtures.cloud, sync_fixtures.clock, sync_fixtures.laptops
-
-
-def restored_copy(laptop: Laptop, entry: dict[str, Any]) -> str:
-    """The entry queued again under a new operation id, as a station restored from a backup does."""
-    op_id = str(uuid.uuid4())
-    with laptop.station.writer.begin() as conn:
-        seq = conn.exec_driver_sql("SELECT last_device_seq + 1 FROM device_state").scalar()
-        conn.exec_driver_sql("UPDATE device_state SET last_device_seq = ?", (seq,))
-        fresh = {"status": "pending", "attempts": 0, "result": None, "server_version": None, "sent_at": None}
-        conn.execute(
-            insert(QUEUE).values(
-                {**entry, **fresh, "op_id": op_id, "device_seq": seq, "acknowledged_at": None}
-            )
-        )
-    return op_id
 
 
 def entry(laptop: Laptop, op_id: str) -> dict[str, Any]:
@@ -65,7 +50,7 @@ def test_a_rejected_operation_is_quarantined_shown_and_the_rest_of_the_queue_goe
     first = a.scan(treatment_id, "DART-9000-00000")
     a.sync()
     [scanned] = a.rows(QUEUE, QUEUE.c.record_id == first["id"])
-    copy = restored_copy(a, scanned)
+    copy = copy_as_new_entry(a, scanned)
     # After the copy: a comment on the same applicator depends on it; a new scan does not.
     update_details(a.station, NURSE, applicator_id=first["id"], comment="outer seal torn")
     [dependent] = [e for e in a.rows(QUEUE) if e["changed_fields"].get("comments")]

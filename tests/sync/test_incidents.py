@@ -123,7 +123,7 @@ def test_an_inserted_applicator_that_needs_a_person_reaches_the_hospital_as_one_
 def test_a_quarantined_faulty_applicator_raises_one_incident_and_a_sealed_one_none(
     laptops: LaptopFactory, cloud: Cloud
 ) -> None:
-    from tests.reliability.test_rejected_operation import restored_copy
+    from tests.sync.test_engine import copy_as_new_entry
 
     a = laptops("a")
     treatment_id = a.insertion()
@@ -132,7 +132,7 @@ def test_a_quarantined_faulty_applicator_raises_one_incident_and_a_sealed_one_no
     walk(a, faulty["id"], S.FAULTY, deployed=2)
     a.sync()
     copies = {
-        record_id: restored_copy(
+        record_id: copy_as_new_entry(
             a, a.rows(QUEUE, QUEUE.c.record_id == record_id, QUEUE.c.kind == "insert")[0]
         )
         for record_id in (faulty["id"], sealed["id"])
